@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make up` runs opsflow, `make test` passes the tests.
+VENV    ?= .venv
+PYTHON  ?= python3
+STAMP   := $(VENV)/.installed
+
+.PHONY: up test lint system-packages bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Debian packages the tests and benchmarks talk to (sshd, rsync, rclone, ...); root only.
+system-packages:
+	sh tests/support/install-system-packages.sh
+
+up: $(STAMP)
+	$(VENV)/bin/opsflow up
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) system-packages lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) system-packages
+	$(VENV)/bin/python -m bench
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache

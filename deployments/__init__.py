@@ -1,0 +1,1 @@
+"""How opsflow runs: every deployment with its schedule, `opsflow up`, and the CLI."""

@@ -1,0 +1,1 @@
+"""opsflow: the library behind the flows. Plain Python; it never imports Prefect."""

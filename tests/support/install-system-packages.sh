@@ -1,0 +1,20 @@
+#!/bin/sh
+# Install the Debian packages that the tests and benchmarks need, when running as root and
+# something is missing. Elsewhere say what is missing; the tests that need it skip (or fail
+# under CI).
+set -eu
+PACKAGES="openssh-server openssh-client rsync rclone"
+missing=""
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
+command -v ssh-keygen >/dev/null 2>&1 || missing="$missing openssh-client"
+command -v rsync >/dev/null 2>&1 || missing="$missing rsync"
+command -v rclone >/dev/null 2>&1 || missing="$missing rclone"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "missing Debian packages:$missing (run as root to install them)" >&2
+    exit 0
+fi
+echo "installing Debian packages:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null
