@@ -1,0 +1,116 @@
+"""The transport protocol, after Skynet's `_send/_delete/_move` and rclone's backends.
+
+Every path a caller hands a transport is relative, POSIX, and below the transport's remote
+base; `remote_join` is the one place that turns it into a remote path, and it refuses any
+path that would leave the base. No path ever reaches a shell.
+
+Sends are batched: `send` takes many uploads at once so that a transport can pipeline them
+(several SFTP requests in flight, several connections, S3 multipart), and yields one result
+per upload as the target confirms it, so the caller can mark work done as it goes. Each file
+is written under a temporary name and renamed into place, so a reader (or a crash) never
+sees half a file under the real name.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+TEMP_PREFIX = ".opsflow-partial-"  # temporary names start with this; sweeps may remove them
+
+
+class TransportError(Exception):
+    """The target refused an operation (permission, bad path); retrying will not help."""
+
+
+class TransportUnavailable(TransportError):
+    """The target cannot be reached now (connection lost, timeout); retry later."""
+
+
+class MissingSource(TransportError):
+    """A move found nothing at its source on the target."""
+
+
+class PathRefused(TransportError):
+    """A path maps outside the remote base (or a local symlink points outside the folder)."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    local: Path  # the file to read
+    path: str  # relative POSIX path under the remote base
+    size: int | None = None
+    mtime: float | None = None  # set on the remote copy when the target keeps mtimes
+
+
+@dataclass(frozen=True)
+class SendResult:
+    upload: Upload
+    ok: bool
+    sha256: str | None = None  # of the bytes sent, hashed while they streamed
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    path: str  # relative POSIX path under the remote base
+    size: int
+    mtime: float | None
+    is_dir: bool = False
+
+
+def remote_join(base: str, path: str) -> str:
+    """The remote path of `path` under `base`, refusing anything that would leave the base."""
+    if "\x00" in path:
+        raise PathRefused(f"path contains a NUL byte: {path!r}")
+    if path.startswith("/") or path == "":
+        raise PathRefused(f"path is not relative: {path!r}")
+    parts = path.split("/")
+    if any(part in ("..", ".", "") for part in parts):
+        raise PathRefused(f"path leaves the remote base: {path!r}")
+    if base in ("", "."):
+        return path
+    return posixpath.join(base.rstrip("/") or "/", path)
+
+
+def same_name(a: str, b: str) -> bool:
+    """Names equal byte for byte; NFC and NFD spellings are different names on the target."""
+    return a == b and unicodedata.is_normalized("NFC", a) == unicodedata.is_normalized("NFC", b)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What the sync and transfer flows need of a target."""
+
+    def send(self, uploads: Sequence[Upload]) -> Iterator[SendResult]:
+        """Write each upload (temporary name, then rename), creating parent folders."""
+        ...
+
+    def delete(self, path: str, *, is_dir: bool = False) -> None:
+        """Remove a file, or a folder and everything under it; a missing path is fine."""
+        ...
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename a file or folder, replacing `dst`; raise MissingSource if `src` is absent."""
+        ...
+
+    def makedirs(self, path: str) -> None:
+        ...
+
+    def stat(self, path: str) -> RemoteEntry | None:
+        ...
+
+    def listing(self, prefix: str = "") -> Iterable[RemoteEntry]:
+        """Every file under the base (or under `prefix`), for a full comparison."""
+        ...
+
+    def sha256(self, path: str) -> str | None:
+        """The sha256 of the remote file, reading it back; None when it is missing."""
+        ...
+
+    def close(self) -> None:
+        ...
