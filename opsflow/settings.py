@@ -42,6 +42,12 @@ class OpsflowSettings(BaseSettings):
     )
     prefect_host: str = Field(default="127.0.0.1", description="Host of the local Prefect server.")
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the local server.")
+    retention_completed_hours: float = Field(
+        default=24, gt=0, description="Completed flow runs are deleted after this many hours."
+    )
+    retention_failed_days: float = Field(
+        default=14, gt=0, description="Failed and Crashed flow runs are deleted after this many days."
+    )
 
     @field_validator("database_url")
     @classmethod
