@@ -23,6 +23,8 @@ from opsflow.transports.base import (
     Upload,
 )
 from opsflow.transports.local import LocalTransport
+from opsflow.transports.sftp import SftpSettings, SftpTransport
+from tests.support.servers import Sshd
 
 HOSTILE_NAMES = [
     "plain.txt",
@@ -106,7 +108,30 @@ def local_target(tmp_path: Path) -> Iterator[Target]:
     transport.close()
 
 
-TARGETS = ["local"]
+def sftp_settings(sshd: Sshd, **overrides: object) -> SftpSettings:
+    values: dict[str, object] = dict(
+        host="127.0.0.1", port=sshd.port, username=sshd.user,
+        known_hosts=sshd.known_hosts_line, private_key=sshd.client_key_path.read_text(),
+        timeout=20, connect_timeout=10)
+    values.update(overrides)
+    return SftpSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def sftp_target(sshd: Sshd, sftp_root: Path) -> Iterator[Target]:
+    transport = SftpTransport(sftp_settings(sshd, engine="openssh"), str(sftp_root))
+    yield Target(transport, lambda: tree_of(sftp_root))
+    transport.close()
+
+
+@pytest.fixture
+def sftp_paramiko_target(sshd: Sshd, sftp_root: Path) -> Iterator[Target]:
+    transport = SftpTransport(sftp_settings(sshd, engine="paramiko"), str(sftp_root))
+    yield Target(transport, lambda: tree_of(sftp_root))
+    transport.close()
+
+
+TARGETS = ["local", "sftp", "sftp_paramiko"]
 
 
 @pytest.fixture(params=TARGETS)
