@@ -1,6 +1,8 @@
 """Every record model, imported in one place so that the metadata knows all tables."""
 
 import opsflow.delivery.records  # noqa: F401  (delivery tables)
+import opsflow.license  # noqa: F401  (license warnings)
+import opsflow.workorders.records  # noqa: F401  (PM and service work orders)
 from opsflow.store import Base
 from opsflow.sync.actions import SyncAction, SyncState
 

@@ -1,0 +1,178 @@
+"""The license check: warn OPS at set steps before expiry, once per step, and stop at expiry.
+
+The legacy generator planned a `CoreJobLicenseCheck` (with licenses pulled from a refresh
+server for monthly rentals). Here the license is a block (holder, key, expiry, refresh URL); a
+daily flow asks `assess()` where it stands. A warning already given for a step of this expiry
+is recorded in `license_warnings`, so a rerun or a second daily run does not repeat it, and a
+renewed license (a new expiry) arms every step again.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy import Date, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from opsflow.store import Base, BigId, UTCDateTime, utcnow
+
+DEFAULT_WARNING_DAYS = (30, 14, 7, 1)
+
+
+class LicenseSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPSFLOW_", extra="ignore")
+
+    license_warning_days: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=DEFAULT_WARNING_DAYS,
+        description="Days before expiry at which OPS is warned, e.g. 30,14,7,1.",
+    )
+
+    @field_validator("license_warning_days", mode="before")
+    @classmethod
+    def _steps(cls, value: object) -> tuple[int, ...]:
+        if isinstance(value, str):
+            text = value.strip()
+            items = json.loads(text) if text.startswith("[") else text.split(",")
+        else:
+            items = value  # type: ignore[assignment]
+        return normalize_steps(items)  # type: ignore[arg-type]
+
+
+def normalize_steps(items: object) -> tuple[int, ...]:
+    """Warning steps as distinct whole days >= 0, largest first; anything else is refused."""
+    try:
+        steps = {int(str(item).strip()) for item in items if str(item).strip()}  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"warning days {items!r} are not whole numbers such as 30,14,7,1") from None
+    if any(step < 0 for step in steps):
+        raise ValueError(f"warning days {sorted(steps)} include a negative number")
+    return tuple(sorted(steps, reverse=True))
+
+
+class LicenseExpired(RuntimeError):
+    """The license is past its expiry; the message says whose, since when, and where to renew."""
+
+
+class Standing(enum.StrEnum):
+    VALID = "valid"
+    WARN = "warn"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class LicenseTerms:
+    """What the check needs from the license block; the key never comes here."""
+
+    holder: str
+    expires_on: date
+    refresh_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    standing: Standing
+    days_left: int
+    step: int | None = None  # the warning step that is due, for WARN
+
+    def summary(self, terms: LicenseTerms) -> str:
+        if self.standing is Standing.EXPIRED:
+            return expired_message(terms, self.days_left)
+        if self.standing is Standing.WARN:
+            return (f"license of {terms.holder} expires on {terms.expires_on.isoformat()}, "
+                    f"in {self.days_left} day(s) (warning step {self.step})")
+        return (f"license of {terms.holder} is valid until {terms.expires_on.isoformat()} "
+                f"({self.days_left} days left)")
+
+
+def expired_message(terms: LicenseTerms, days_left: int) -> str:
+    where = f"; renew it from {terms.refresh_url}" if terms.refresh_url else ""
+    return (f"license of {terms.holder} expired on {terms.expires_on.isoformat()} "
+            f"({-days_left} day(s) ago){where}")
+
+
+def assess(terms: LicenseTerms, today: date, steps: tuple[int, ...]) -> Assessment:
+    """Where the license stands today. It is valid through its expiry day.
+
+    The due step is the smallest step not below the days left: with steps 30, 14, 7 and
+    20 days left, step 30 is due; a run missed between 14 and 7 gives step 7 only, never a
+    burst of the older steps.
+    """
+    days_left = (terms.expires_on - today).days
+    if days_left < 0:
+        return Assessment(Standing.EXPIRED, days_left)
+    reached = [step for step in steps if step >= days_left]
+    if not reached:
+        return Assessment(Standing.VALID, days_left)
+    return Assessment(Standing.WARN, days_left, min(reached))
+
+
+class LicenseWarning(Base):
+    """A warning given to OPS for one step of one expiry, so it is never given twice."""
+
+    __tablename__ = "license_warnings"
+    __table_args__ = (UniqueConstraint("holder", "expires_on", "step_days"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_on: Mapped[date] = mapped_column(Date)
+    step_days: Mapped[int] = mapped_column(Integer)
+    days_left: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(Text)
+    warned_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # How OPS was told: "outbox:<key>" when a mail was queued, "recorded" when only recorded.
+    channel: Mapped[str] = mapped_column(String(200), default="recorded")
+
+
+def record_warning(session: Session, terms: LicenseTerms, assessment: Assessment,
+                   *, now: datetime | None = None) -> LicenseWarning | None:
+    """Record the due warning; None when this step of this expiry was already warned about.
+
+    The insert skips a duplicate on the unique key, so two runs at once still record (and so
+    send) one warning.
+    """
+    if assessment.standing is not Standing.WARN or assessment.step is None:
+        return None
+    values = {
+        "holder": terms.holder,
+        "expires_on": terms.expires_on,
+        "step_days": assessment.step,
+        "days_left": assessment.days_left,
+        "message": assessment.summary(terms),
+        "warned_at": now or utcnow(),
+    }
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (dialect.insert(LicenseWarning).values(**values)
+                 .on_conflict_do_nothing(index_elements=["holder", "expires_on", "step_days"])
+                 .returning(LicenseWarning.id))
+    new_id = session.scalar(statement)
+    if new_id is None:
+        return None
+    return session.get(LicenseWarning, new_id)
+
+
+def warnings_given(session: Session, terms: LicenseTerms) -> list[LicenseWarning]:
+    return list(session.scalars(
+        select(LicenseWarning)
+        .where(LicenseWarning.holder == terms.holder,
+               LicenseWarning.expires_on == terms.expires_on)
+        .order_by(LicenseWarning.step_days.desc())))
+
+
+def warning_mail(terms: LicenseTerms, assessment: Assessment) -> tuple[str, str]:
+    """Subject and body of the warning to OPS."""
+    subject = (f"opsflow license of {terms.holder} expires in {assessment.days_left} day(s)")
+    lines = [
+        f"The opsflow license of {terms.holder} expires on {terms.expires_on.isoformat()}.",
+        f"Days left: {assessment.days_left}.",
+    ]
+    if terms.refresh_url:
+        lines.append(f"A renewed license can be fetched from {terms.refresh_url}.")
+    lines.append("Once the license block holds the new expiry, these warnings stop.")
+    return subject, "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Preventive maintenance (PM) and the service work orders generated from it."""
