@@ -56,3 +56,6 @@ class SyncState(Base):
     mapping: Mapped[str] = mapped_column(String(200), primary_key=True)
     seeded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     last_full_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The drain lease: one sync run drains a mapping at a time; a second one steps aside.
+    drain_owner: Mapped[str | None] = mapped_column(String(120), default=None)
+    drain_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

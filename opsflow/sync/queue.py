@@ -1,0 +1,345 @@
+"""The durable sync queue: enqueue with coalescing, claim in batches, record outcomes.
+
+Rows of `sync_actions` are applied in id order. `enqueue` loads only the pending rows that
+the new intents can touch (same paths, or under the folders they name), runs the coalescing
+rules of `opsflow.sync.coalesce` over them, and writes the difference in one transaction: a
+sensor flush of hundreds of events is one short write. A row under a live lease is in
+flight and left alone. The drain lease in `sync_state` keeps a second sync run of the same
+mapping from draining beside a live one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from opsflow.claim import claim_batch
+from opsflow.store import session_scope, sessions, utcnow
+from opsflow.sync.actions import ActionKind, ActionStatus, SyncAction, SyncState
+from opsflow.sync.coalesce import Coalescer, Entry, Intent
+
+CHUNK = 400  # paths per IN (...) list; well under SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed action."""
+
+    action_id: int
+    kind: str
+    path: str
+    dest_path: str | None
+    status: str  # "done", "skipped" (nothing left to do) or "failed"
+    detail: str | None = None
+
+
+def _write_lock(session: Session) -> None:
+    """Take SQLite's write lock first: a read-then-write transaction could not upgrade."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE sync_state SET mapping = mapping WHERE 1 = 0"))
+
+
+def _pending_touching(session: Session, mapping: str, paths: set[str], folders: set[str]
+                      ) -> list[SyncAction]:
+    """Pending rows of `mapping` naming one of `paths`, or anything under one of `folders`."""
+    table = SyncAction.__table__
+    conditions: list[ColumnElement[bool]] = []
+    ordered = sorted(paths)
+    for start in range(0, len(ordered), CHUNK):
+        chunk = ordered[start:start + CHUNK]
+        conditions.append(table.c.path.in_(chunk))
+        conditions.append(table.c.dest_path.in_(chunk))
+    for folder in folders:
+        prefix = folder + "/"
+        conditions.append(func.substr(table.c.path, 1, len(prefix)) == prefix)
+        conditions.append(func.substr(table.c.dest_path, 1, len(prefix)) == prefix)
+    rows: dict[int, SyncAction] = {}
+    # One statement per few conditions keeps each statement's parameter count bounded.
+    for start in range(0, len(conditions), 8):
+        query = (select(SyncAction)
+                 .where(SyncAction.mapping == mapping,
+                        SyncAction.status == ActionStatus.PENDING,
+                        or_(*conditions[start:start + 8]))
+                 .with_for_update())
+        for row in session.scalars(query):
+            rows[row.id] = row
+    return [rows[key] for key in sorted(rows)]
+
+
+def enqueue_in(session: Session, mapping: str, intents: Iterable[Intent],
+               *, now: datetime | None = None) -> int:
+    """Add `intents` to the queue of `mapping`, coalescing; returns how many rows it wrote."""
+    intents = list(intents)
+    if not intents:
+        return 0
+    now = now or utcnow()
+    _write_lock(session)
+    paths: set[str] = set()
+    folders: set[str] = set()
+    for intent in intents:
+        named = [intent.path] + ([intent.dest_path] if intent.dest_path else [])
+        paths.update(named)
+        if intent.is_dir:
+            folders.update(named)
+    rows = _pending_touching(session, mapping, paths, folders)
+    coalescer = Coalescer(
+        Entry(Intent(row.kind, row.path, row.dest_path, row.is_dir, row.not_before),
+              row_id=row.id,
+              locked=row.claimed_until is not None and row.claimed_until > now)
+        for row in rows)
+    for intent in intents:
+        coalescer.add(intent)
+    dropped = coalescer.dropped_rows
+    for start in range(0, len(dropped), CHUNK):
+        session.execute(delete(SyncAction).where(SyncAction.id.in_(dropped[start:start + CHUNK])))
+    new = [{"mapping": mapping, "kind": e.intent.kind, "path": e.intent.path,
+            "dest_path": e.intent.dest_path, "is_dir": e.intent.is_dir,
+            "not_before": e.intent.not_before, "status": ActionStatus.PENDING,
+            "attempts": 0, "created_at": now}
+           for e in coalescer.new_entries()]
+    # Row by row, so that ids follow the list order on both databases.
+    for values in new:
+        session.execute(insert(SyncAction).values(**values))
+    return len(new)
+
+
+def enqueue(url: str, mapping: str, intents: Iterable[Intent],
+            *, now: datetime | None = None) -> int:
+    """`enqueue_in` in a transaction of its own."""
+    with session_scope(url) as session:
+        return enqueue_in(session, mapping, intents, now=now)
+
+
+# --- the drain side ----------------------------------------------------------------------
+
+def _due(mapping: str, now: datetime) -> ColumnElement[bool]:
+    return and_(SyncAction.mapping == mapping,
+                SyncAction.status == ActionStatus.PENDING,
+                or_(SyncAction.not_before.is_(None), SyncAction.not_before <= now))
+
+
+def claim_actions(url: str, mapping: str, *, claimer: str, limit: int,
+                  lease: timedelta) -> list[SyncAction]:
+    """The next due actions of `mapping` in apply order, leased to `claimer`."""
+    now = utcnow()
+    with sessions(url)() as session:  # claim_batch commits its claim itself
+        rows = claim_batch(session, SyncAction, _due(mapping, now), claimer=claimer,
+                           limit=limit, lease=lease, now=now)
+        session.expunge_all()
+        return rows
+
+
+def claimed_rows(url: str, ids: Sequence[int], *, claimer: str) -> list[SyncAction]:
+    """The rows of `ids` still pending and leased to `claimer` (a retried batch reloads them)."""
+    with session_scope(url) as session:
+        rows = list(session.scalars(
+            select(SyncAction)
+            .where(SyncAction.id.in_(list(ids)), SyncAction.claimed_by == claimer,
+                   SyncAction.status == ActionStatus.PENDING)
+            .order_by(SyncAction.id)))
+        session.expunge_all()
+        return rows
+
+
+def record_outcomes(url: str, outcomes: Sequence[Outcome], *, claimer: str,
+                    lease: timedelta | None = None, still_working: Sequence[int] = ()) -> None:
+    """Flip each action's marker after the target confirmed it; renew the rest of the batch.
+
+    Only rows still leased to `claimer` are flipped: a row the sensor replaced meanwhile is
+    gone, and its replacement is applied later anyway.
+    """
+    now = utcnow()
+    with session_scope(url) as session:
+        for outcome in outcomes:
+            status = ActionStatus.FAILED if outcome.status == "failed" else ActionStatus.DONE
+            session.execute(
+                update(SyncAction)
+                .where(SyncAction.id == outcome.action_id, SyncAction.claimed_by == claimer)
+                .values(status=status, done_at=now, claimed_by=None, claimed_until=None,
+                        attempts=SyncAction.attempts + 1,
+                        last_error=outcome.detail if outcome.status != "done" else None))
+        if lease is not None and still_working:
+            session.execute(
+                update(SyncAction)
+                .where(SyncAction.id.in_(list(still_working)), SyncAction.claimed_by == claimer)
+                .values(claimed_until=now + lease))
+
+
+def release_actions(url: str, ids: Sequence[int], *, claimer: str,
+                    error: str | None = None) -> None:
+    """Return undone actions to the queue (connection lost, run stopping)."""
+    if not ids:
+        return
+    with session_scope(url) as session:
+        session.execute(
+            update(SyncAction)
+            .where(SyncAction.id.in_(list(ids)), SyncAction.claimed_by == claimer,
+                   SyncAction.status == ActionStatus.PENDING)
+            .values(claimed_by=None, claimed_until=None, last_error=error))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dead_local_claimer(claimer: str | None) -> bool:
+    """Whether `claimer` (see `opsflow.claim.claimer_name`) is a process of this host that died.
+
+    A drain killed with -9 leaves its lease behind; on the same host we can tell at once
+    that its process is gone instead of waiting for the lease to run out.
+    """
+    if not claimer:
+        return False
+    parts = claimer.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[0].endswith(socket.gethostname()):
+        return False
+    return not pid_alive(int(parts[1]))
+
+
+def reclaim_dead_leases(url: str, mapping: str) -> int:
+    """Free the actions and the drain lease that dead processes of this host still hold."""
+    freed = 0
+    with session_scope(url) as session:
+        holders = session.scalars(
+            select(SyncAction.claimed_by).distinct()
+            .where(SyncAction.mapping == mapping, SyncAction.status == ActionStatus.PENDING,
+                   SyncAction.claimed_by.is_not(None))).all()
+        for holder in holders:
+            if dead_local_claimer(holder):
+                result = session.execute(
+                    update(SyncAction)
+                    .where(SyncAction.mapping == mapping, SyncAction.claimed_by == holder)
+                    .values(claimed_by=None, claimed_until=None))
+                freed += result.rowcount or 0
+        state = session.get(SyncState, mapping)
+        if state is not None and dead_local_claimer(state.drain_owner):
+            state.drain_owner = None
+            state.drain_until = None
+    return freed
+
+
+def pending_summary(url: str, mapping: str) -> tuple[int, int, datetime | None]:
+    """(pending actions, of which due now, the earliest time a waiting send becomes due)."""
+    now = utcnow()
+    with session_scope(url) as session:
+        pending = session.scalar(
+            select(func.count()).select_from(SyncAction)
+            .where(SyncAction.mapping == mapping, SyncAction.status == ActionStatus.PENDING)) or 0
+        due = session.scalar(
+            select(func.count()).select_from(SyncAction).where(_due(mapping, now))) or 0
+        waiting = session.scalar(
+            select(func.min(SyncAction.not_before))
+            .where(SyncAction.mapping == mapping, SyncAction.status == ActionStatus.PENDING,
+                   SyncAction.not_before > now))
+        return pending, due, waiting
+
+
+def has_due(url: str, mapping: str) -> bool:
+    """Cheap poll: is anything of `mapping` ready to apply now?"""
+    with session_scope(url) as session:
+        return session.scalar(
+            select(SyncAction.id).where(_due(mapping, utcnow())).limit(1)) is not None
+
+
+def pending_deletes(url: str, mapping: str) -> list[SyncAction]:
+    with session_scope(url) as session:
+        rows = list(session.scalars(
+            select(SyncAction)
+            .where(SyncAction.mapping == mapping, SyncAction.status == ActionStatus.PENDING,
+                   SyncAction.kind == ActionKind.DELETE)
+            .order_by(SyncAction.id)))
+        session.expunge_all()
+        return rows
+
+
+def purge_done(url: str, mapping: str, *, older_than: timedelta) -> int:
+    """Drop finished rows after a while: the queue is not a history."""
+    with session_scope(url) as session:
+        result = session.execute(
+            delete(SyncAction)
+            .where(SyncAction.mapping == mapping, SyncAction.status == ActionStatus.DONE,
+                   SyncAction.done_at < utcnow() - older_than))
+        return result.rowcount or 0
+
+
+# --- per-mapping state: first sync and the drain lease -----------------------------------
+
+def _state(session: Session, mapping: str) -> SyncState:
+    """The state row of `mapping`, created if missing (racing creators are fine)."""
+    state = session.get(SyncState, mapping)
+    if state is None:
+        dialect = session.get_bind().dialect.name
+        module = postgresql if dialect == "postgresql" else sqlite
+        session.execute(module.insert(SyncState).values(mapping=mapping)
+                        .on_conflict_do_nothing(index_elements=["mapping"]))
+        state = session.get(SyncState, mapping)
+    assert state is not None
+    return state
+
+
+def is_seeded(url: str, mapping: str) -> bool:
+    with session_scope(url) as session:
+        state = session.get(SyncState, mapping)
+        return state is not None and state.seeded_at is not None
+
+
+def seed(url: str, mapping: str, intents: Iterable[Intent]) -> int:
+    """Enqueue a never-synced mapping's whole tree and mark it seeded, in one transaction."""
+    with session_scope(url) as session:
+        _write_lock(session)
+        state = _state(session, mapping)
+        if state.seeded_at is not None:
+            return 0
+        written = enqueue_in(session, mapping, intents)
+        state.seeded_at = utcnow()
+        return written
+
+
+def mark_full(url: str, mapping: str) -> None:
+    with session_scope(url) as session:
+        _state(session, mapping).last_full_at = utcnow()
+
+
+def acquire_drain(url: str, mapping: str, owner: str, *, lease: timedelta) -> bool:
+    """Take (or renew) the drain lease of `mapping`; False when a live drain holds it."""
+    now = utcnow()
+    with session_scope(url) as session:
+        _write_lock(session)
+        _state(session, mapping)
+        result = session.execute(
+            update(SyncState)
+            .where(SyncState.mapping == mapping,
+                   or_(SyncState.drain_owner.is_(None), SyncState.drain_owner == owner,
+                       SyncState.drain_until < now))
+            .values(drain_owner=owner, drain_until=now + lease))
+        return (result.rowcount or 0) == 1
+
+
+def release_drain(url: str, mapping: str, owner: str) -> None:
+    with session_scope(url) as session:
+        session.execute(
+            update(SyncState)
+            .where(SyncState.mapping == mapping, SyncState.drain_owner == owner)
+            .values(drain_owner=None, drain_until=None))
+
+
+def drain_alive(url: str, mapping: str) -> bool:
+    """Whether a sync run is draining `mapping` now (the sensor then need not wake one)."""
+    with session_scope(url) as session:
+        state = session.get(SyncState, mapping)
+        if state is None or state.drain_owner is None or state.drain_until is None:
+            return False
+        return state.drain_until > utcnow() and not dead_local_claimer(state.drain_owner)
