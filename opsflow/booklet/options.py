@@ -1,0 +1,73 @@
+"""What an event chooses for its booklet: title, heading templates, language, custom fields.
+
+The Prefect block `blocks.booklet.BookletConfig` holds the same fields and hands them here;
+this module keeps them checkable without Prefect (a bad template fails before rendering).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+
+# Placeholders a heading template may use.
+SESSION_FIELDS = frozenset({"code", "title", "date", "start", "end"})
+CONTRIBUTION_FIELDS = frozenset({"code", "title", "start", "end", "duration", "track", "type",
+                                 "board"})
+
+# The fixed texts of the booklet, by language.
+FIXED_TEXTS: dict[str, dict[str, str]] = {
+    "en": {"contents": "Contents", "conveners": "Chair", "outside": "Contributions outside sessions",
+           "poster": "Poster session", "minutes": "min",
+           "weekdays": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday"},
+    "it": {"contents": "Indice", "conveners": "Presidenza", "outside": "Contributi fuori sessione",
+           "poster": "Sessione poster", "minutes": "min",
+           "weekdays": "lunedì martedì mercoledì giovedì venerdì sabato domenica"},
+    "fr": {"contents": "Table des matières", "conveners": "Présidence",
+           "outside": "Contributions hors session", "poster": "Session de posters",
+           "minutes": "min", "weekdays": "lundi mardi mercredi jeudi vendredi samedi dimanche"},
+    "de": {"contents": "Inhalt", "conveners": "Vorsitz", "outside": "Beiträge außerhalb der Sitzungen",
+           "poster": "Postersitzung", "minutes": "Min.",
+           "weekdays": "Montag Dienstag Mittwoch Donnerstag Freitag Samstag Sonntag"},
+}
+
+
+class BookletOptionsError(ValueError):
+    """A booklet option is unusable; the message is one line naming the option."""
+
+
+@dataclass(frozen=True)
+class BookletOptions:
+    title: str | None = None  # None: the event's title
+    session_heading: str = "{code} {title}"
+    contribution_heading: str = "{code} {title}"
+    language: str = "en"
+    custom_fields: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.language not in FIXED_TEXTS:
+            raise BookletOptionsError(
+                f"language: {self.language!r} is not one of {', '.join(sorted(FIXED_TEXTS))}")
+        _check_template("session_heading", self.session_heading, SESSION_FIELDS)
+        _check_template("contribution_heading", self.contribution_heading, CONTRIBUTION_FIELDS)
+        object.__setattr__(self, "custom_fields", tuple(self.custom_fields))
+
+    @property
+    def texts(self) -> dict[str, str]:
+        return FIXED_TEXTS[self.language]
+
+
+def _check_template(option: str, template: str, allowed: frozenset[str]) -> None:
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise BookletOptionsError(f"{option}: {exc} in {template!r}") from None
+    unknown = names - allowed
+    if unknown:
+        raise BookletOptionsError(
+            f"{option}: unknown placeholder {{{sorted(unknown)[0]}}} in {template!r}; "
+            f"use {', '.join('{' + n + '}' for n in sorted(allowed))}")
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """The template with its values; separators left dangling by an empty value are trimmed."""
+    return template.format_map(values).strip(" \t-–—:·|,")
