@@ -1,0 +1,161 @@
+"""Draining a mapping's queue: prepare (seed, full compare), then claimed batches through the
+engine with markers flipped as the target confirms.
+
+`run_batch` is what the sync flow runs as one task per batch; `drain` is the same loop
+without Prefect, for scripts, benchmarks and tests of the crash behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from opsflow.claim import claimer_name
+from opsflow.sync import queue
+from opsflow.sync.engine import apply_batch, check_max_delete
+from opsflow.sync.queue import Outcome
+from opsflow.sync.tree import MappingSettings, differences, scan, seed_intents
+from opsflow.transports.base import Transport
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=2)
+BATCH = 300
+FLUSH_EVERY = 0.25  # seconds between marker flushes inside a batch
+
+
+@dataclass
+class Tally:
+    """What a run did, for its summary and table artifact."""
+
+    done: list[Outcome] = field(default_factory=list)
+    skipped: int = 0
+    failed: list[Outcome] = field(default_factory=list)
+    deleted_files: int = 0  # counted against max_delete
+
+    def add(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.status == "done":
+                self.done.append(outcome)
+            elif outcome.status == "failed":
+                self.failed.append(outcome)
+            else:
+                self.skipped += 1
+
+    def counts(self) -> dict[str, int]:
+        kinds = {"send": 0, "move": 0, "delete": 0}
+        for outcome in self.done:
+            kinds[outcome.kind] = kinds.get(outcome.kind, 0) + 1
+        return {"sent": kinds["send"], "moved": kinds["move"], "deleted": kinds["delete"],
+                "skipped": self.skipped, "failed": len(self.failed)}
+
+
+def prepare(url: str, settings: MappingSettings, transport: Transport, *, full: bool) -> int:
+    """Seed a never-synced mapping, and with `full` enqueue what differs from the remote.
+
+    Returns how many actions it queued. The full compare repairs what the sensor missed
+    (downtime, an inotify overflow); stale temporary files of crashed sends are swept.
+    """
+    queued = 0
+    if not queue.is_seeded(url, settings.name):
+        queued += queue.seed(url, settings.name, seed_intents(settings))
+    if full:
+        sweep = getattr(transport, "sweep_temp_files", None)
+        if callable(sweep):
+            sweep()
+        checksum = None
+        if settings.compare == "checksum":
+            from opsflow.transports.local import file_sha256
+
+            checksum = (lambda p: file_sha256(settings.local_root / p), transport.sha256)
+        intents = differences(settings, scan(settings), transport.listing(), checksum=checksum)
+        queued += queue.enqueue(url, settings.name, intents)
+        queue.mark_full(url, settings.name)
+    return queued
+
+
+def run_batch(url: str, settings: MappingSettings, transport: Transport, ids: Sequence[int],
+              *, claimer: str, tally: Tally | None = None) -> list[Outcome]:
+    """Apply the claimed actions `ids`, flipping each marker after the target confirmed it.
+
+    Markers are flushed a few times a second (one transaction each), and the lease of the
+    rest of the batch is renewed at each flush. A batch that is retried reloads its rows:
+    what an earlier attempt finished is no longer pending and is not repeated.
+    """
+    rows = queue.claimed_rows(url, ids, claimer=claimer)
+    if not rows:
+        return []
+    remaining = {row.id for row in rows}
+    buffer: list[Outcome] = []
+    lock = threading.Lock()
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        with lock:
+            outcomes, buffer[:] = list(buffer), []
+        if outcomes:
+            queue.record_outcomes(url, outcomes, claimer=claimer, lease=LEASE,
+                                  still_working=sorted(remaining))
+        last_flush = time.monotonic()
+
+    def on_outcome(outcome: Outcome) -> None:
+        with lock:
+            buffer.append(outcome)
+            remaining.discard(outcome.action_id)
+        if time.monotonic() - last_flush >= FLUSH_EVERY:
+            flush()
+
+    if any(row.kind == "delete" for row in rows):
+        # Every pending delete of the run is counted before the first one is applied.
+        check_deletes_up_front(url, settings, transport, tally or Tally())
+    try:
+        outcomes = apply_batch(transport, rows, settings, on_outcome)
+    finally:
+        flush()
+    if tally is not None:
+        tally.add(outcomes)
+        tally.deleted_files += sum(1 for o in outcomes if o.kind == "delete" and o.status == "done")
+    return outcomes
+
+
+def check_deletes_up_front(url: str, settings: MappingSettings, transport: Transport,
+                           tally: Tally) -> None:
+    """Every pending delete of the mapping counted before any is applied (max_delete)."""
+    if settings.complete_sync:
+        check_max_delete(transport, queue.pending_deletes(url, settings.name),
+                         already=tally.deleted_files, settings=settings)
+
+
+def drain(url: str, settings: MappingSettings, open_transport: Callable[[], Transport], *,
+          full: bool = False, linger: float = 0.0, poll: float = 0.05,
+          batch: int = BATCH) -> Tally:
+    """Drain without Prefect: prepare, then batches until nothing is due for `linger` s."""
+    claimer = claimer_name("sync-")
+    queue.reclaim_dead_leases(url, settings.name)
+    transport = open_transport()
+    tally = Tally()
+    try:
+        prepare(url, settings, transport, full=full)
+        idle_since = time.monotonic()
+        check_deletes_up_front(url, settings, transport, tally)
+        while True:
+            rows = queue.claim_actions(url, settings.name, claimer=claimer, limit=batch,
+                                       lease=LEASE)
+            if rows:
+                try:
+                    run_batch(url, settings, transport, [r.id for r in rows], claimer=claimer,
+                              tally=tally)
+                finally:
+                    queue.release_actions(url, [r.id for r in rows], claimer=claimer)
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= linger:
+                return tally
+            else:
+                time.sleep(poll)
+    finally:
+        transport.close()

@@ -1,0 +1,201 @@
+"""The local side of a mapping: which paths it syncs, the local tree, and its difference
+from a remote listing.
+
+Globs follow rsync's habit: a pattern without a slash matches a name at any depth (so
+`*.tmp` or `.git` work anywhere), a pattern with a slash matches the relative path from the
+top, `*` stays inside one name, `**` crosses folders. A path inside an excluded folder is
+excluded; an empty include list means everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from opsflow.sync.coalesce import DELETE, SEND, Intent
+from opsflow.sync.local_paths import resolve_inside
+from opsflow.transports.base import TEMP_PREFIX, PathRefused, RemoteEntry
+
+log = logging.getLogger(__name__)
+
+MTIME_SLACK = 1.0  # seconds; SFTP keeps whole seconds, some filesystems two
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """What the engine, the queue and the sensor need of a SyncMapping block (no Prefect)."""
+
+    name: str
+    local_root: Path
+    remote_base: str = ""
+    complete_sync: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    settle_seconds: float = 2.0
+    max_delete: int = 100
+    compare: str = "mtime"  # or "checksum": how a full run tells changed files
+    filters: PathFilter = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filters", PathFilter(self.include, self.exclude))
+
+    def wants(self, rel: str) -> bool:
+        return self.filters.wants(rel)
+
+
+@lru_cache(maxsize=512)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """The regex of one glob pattern (see the module docstring)."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif char == "*":
+            out.append("[^/]*")
+            i += 1
+        elif char == "?":
+            out.append("[^/]")
+            i += 1
+        elif char == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)
+            if end == -1:
+                out.append(re.escape(char))
+                i += 1
+            else:
+                body = pattern[i + 1:end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                i = end + 1
+        else:
+            out.append(re.escape(char))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def glob_matches(pattern: str, rel: str) -> bool:
+    """Whether `rel` (or a folder that holds it) matches `pattern`."""
+    pattern = pattern.strip()
+    if not pattern:
+        return False
+    if "/" not in pattern.rstrip("/"):
+        regex = glob_regex(pattern.rstrip("/"))
+        return any(regex.match(part) for part in rel.split("/"))
+    regex = glob_regex(pattern.strip("/"))
+    parts = rel.split("/")
+    return any(regex.match("/".join(parts[:n])) for n in range(1, len(parts) + 1))
+
+
+class PathFilter:
+    def __init__(self, include: Sequence[str], exclude: Sequence[str]) -> None:
+        self.include = tuple(include)
+        self.exclude = tuple(exclude)
+
+    def wants(self, rel: str) -> bool:
+        """Whether the mapping syncs the relative path `rel`."""
+        name = rel.rpartition("/")[2]
+        if name.startswith(TEMP_PREFIX):
+            return False  # a transport's temporary file (the folder may be someone's target)
+        if self.include and not any(glob_matches(p, rel) for p in self.include):
+            return False
+        return not any(glob_matches(p, rel) for p in self.exclude)
+
+
+def relative(root: Path, path: str | bytes) -> str | None:
+    """`path` relative to `root` as POSIX, or None when it is the root itself or outside."""
+    text = os.fsdecode(path)
+    rel = os.path.relpath(text, root)
+    if rel == "." or rel == ".." or rel.startswith("../"):
+        return None
+    return rel.replace(os.sep, "/")
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    path: str
+    size: int
+    mtime: float
+
+
+def scan(settings: MappingSettings) -> Iterator[LocalEntry]:
+    """Every file of the mapping under its local folder, in a stable order.
+
+    Symlinks to files inside the folder are followed; a symlink that points outside is
+    refused and logged, and symlinked folders are not entered (no loops, no escapes).
+    """
+    root = settings.local_root
+    stack = [""]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(root / folder if folder else root) as entries:
+                items = sorted(entries, key=lambda e: e.name, reverse=True)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            log.warning("cannot read folder %r: %s", folder or ".", exc)
+            continue
+        for item in items:
+            rel = f"{folder}/{item.name}" if folder else item.name
+            if not settings.wants(rel):
+                continue
+            try:
+                if item.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                    continue
+                if item.is_symlink():
+                    resolve_inside(root, rel)
+                    if not os.path.isfile(item.path):
+                        continue
+                elif not item.is_file():
+                    continue
+                info = item.stat()
+            except PathRefused as exc:
+                log.warning("not synced: %s", exc)
+                continue
+            except FileNotFoundError:
+                continue
+            yield LocalEntry(rel, info.st_size, info.st_mtime)
+
+
+def seed_intents(settings: MappingSettings) -> Iterator[Intent]:
+    """A never-synced mapping sends every file it has."""
+    for entry in scan(settings):
+        yield Intent(SEND, entry.path)
+
+
+def differences(settings: MappingSettings, local: Iterable[LocalEntry],
+                remote: Iterable[RemoteEntry], *,
+                checksum: tuple[object, object] | None = None) -> list[Intent]:
+    """What a full run enqueues: sends for files missing or changed remotely and, with
+    `complete_sync`, deletes for remote files that are gone locally.
+
+    A file differs when its size differs, or its local mtime is newer than the remote one
+    (targets that keep mtimes get them from the send; S3 stamps the upload time, which is
+    never older than the file). With `checksum=(local_hash, remote_hash)` callables, files of
+    equal size are compared by content instead.
+    """
+    remote_files = {e.path: e for e in remote if not e.is_dir and settings.wants(e.path)}
+    intents: list[Intent] = []
+    for entry in local:
+        seen = remote_files.pop(entry.path, None)
+        if seen is None or seen.size != entry.size:
+            intents.append(Intent(SEND, entry.path))
+        elif checksum is not None:
+            local_hash, remote_hash = checksum
+            if local_hash(entry.path) != remote_hash(entry.path):  # type: ignore[operator]
+                intents.append(Intent(SEND, entry.path))
+        elif seen.mtime is not None and entry.mtime > seen.mtime + MTIME_SLACK:
+            intents.append(Intent(SEND, entry.path))
+    if settings.complete_sync:
+        intents.extend(Intent(DELETE, path) for path in sorted(remote_files))
+    return intents
