@@ -1,0 +1,403 @@
+"""The outgoing mail queue: exactly-once sending as far as SMTP allows.
+
+SMTP cannot join a database transaction, so each mail is a row with a unique `key`; its
+Message-ID is derived from the key and so is the same on every retry; and the row is marked
+sent (with its tip marked notified) in a commit right after the server accepted it. A crash
+can then duplicate only the mail in flight, and both copies carry the same Message-ID, which
+lets mail clients fold them.
+
+Unlike the legacy queue (every failed mail retried every cycle for days, no attempt counter,
+a hung send stalling everything), each mail counts its attempts, backs off exponentially up to
+a cap, fails at once on a permanent (5xx) refusal, and a timeout or a lost connection delays
+the batch instead of blocking the queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.header import Header
+from email.parser import BytesParser
+from email.policy import SMTP as SMTP_POLICY
+from email.quoprimime import body_encode
+from email.utils import format_datetime
+
+from sqlalchemy import and_, bindparam, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from opsflow.claim import claim_batch, renew
+from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
+from opsflow.delivery.smtp import MailRefused, MailSender, SmtpUnavailable
+from opsflow.delivery.texts import digest_subject
+from opsflow.store import UTCDateTime, utcnow
+
+MAILS = OutgoingMail.__table__
+TIPS = ReceiverTip.__table__
+
+
+@dataclass(frozen=True)
+class MailPolicy:
+    """How the queue treats a mail that cannot go out now."""
+
+    max_attempts: int = 8
+    backoff_base: timedelta = timedelta(minutes=1)
+    backoff_max: timedelta = timedelta(hours=6)
+    hourly_limit: int = 100  # mails (a digest counts once) per recipient per hour
+    lease: timedelta = timedelta(minutes=10)
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Wait after the `attempts`-th failed attempt: base, 2x base, 4x base ... capped."""
+        return min(self.backoff_base * (2 ** max(attempts - 1, 0)), self.backoff_max)
+
+
+@dataclass
+class SendReport:
+    claimed: int = 0
+    sent: int = 0  # messages the server accepted (a digest is one)
+    digested: int = 0  # mails that went out inside a digest
+    retried: int = 0
+    failed: int = 0
+    deferred: int = 0  # held back by the hourly limit
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: SendReport) -> None:
+        for name in ("claimed", "sent", "digested", "retried", "failed", "deferred"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
+
+
+def message_id(key: str, domain: str) -> str:
+    """The Message-ID of the mail with `key`: the same on every attempt."""
+    return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}@{domain}>"
+
+
+def _insert(session: Session):  # type: ignore[no-untyped-def]
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(MAILS)
+
+
+def enqueue(session: Session, mails: Sequence[Mapping[str, object]]) -> int:
+    """Queue mails (dicts of OutgoingMail columns with a `key`); a key already queued is
+    skipped, so queuing the same mail again is harmless. Returns how many were new."""
+    if not mails:
+        return 0
+    now = utcnow()
+    rows = [{"subject": "", "body": None, "raw_eml": None, "digest": False, "tip_id": None,
+             "status": MailStatus.PENDING, "attempts": 0, "next_attempt_at": now,
+             "created_at": now, **mail} for mail in mails]
+    for row in rows:
+        if not row.get("key") or not row.get("recipient"):
+            raise ValueError(f"a mail needs a key and a recipient: {row.get('key')!r}")
+    statement = _insert(session).on_conflict_do_nothing(index_elements=["key"])
+    return len(session.execute(statement.returning(MAILS.c.id), rows).all())
+
+
+@dataclass
+class _Unit:
+    """What goes out as one message: a single mail or a digest of several."""
+
+    mails: list[OutgoingMail]
+    key: str
+
+    @property
+    def recipient(self) -> str:
+        return self.mails[0].recipient
+
+    @property
+    def ids(self) -> list[int]:
+        return [m.id for m in self.mails]
+
+    @property
+    def tip_ids(self) -> list[int]:
+        return [m.tip_id for m in self.mails if m.tip_id is not None]
+
+
+def _header(value: str) -> str:
+    """A header value as SMTP wants it: ASCII as is, anything else RFC 2047 encoded."""
+    value = " ".join(value.split())  # no line breaks: a header cannot be injected
+    if value.isascii():
+        return value
+    return Header(value, "utf-8").encode()
+
+
+def _compose(from_address: str, recipient: str, subject: str, body: str, mid: str,
+             now: datetime) -> bytes:
+    """A plain-text UTF-8 message. Written directly rather than through EmailMessage, whose
+    header objects cost more than the SMTP round trip; the result is the same RFC 5322 text."""
+    head = (f"From: {_header(from_address)}\r\nTo: {_header(recipient)}\r\n"
+            f"Subject: {_header(subject)}\r\nMessage-ID: {mid}\r\n"
+            f"Date: {format_datetime(now)}\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n")
+    body = body.replace("\r\n", "\n").rstrip("\n")
+    if body.isascii() and all(len(line) < 990 for line in body.splitlines()):
+        text = "\r\n".join(body.splitlines())
+        return (head + "Content-Transfer-Encoding: 7bit\r\n\r\n" + text + "\r\n").encode()
+    encoded = body_encode(body.encode().decode("latin-1"), eol="\r\n")
+    return (head + "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode() + \
+        encoded.encode("latin-1") + b"\r\n"
+
+
+def render(unit: _Unit, from_address: str, now: datetime) -> bytes:
+    """The message bytes; a raw EML mail goes as it is, with a Message-ID added if missing."""
+    domain = from_address.rpartition("@")[2] or "localhost"
+    first = unit.mails[0]
+    mid = message_id(unit.key, domain)
+    if len(unit.mails) == 1 and first.raw_eml is not None:
+        message = BytesParser(policy=SMTP_POLICY).parsebytes(first.raw_eml)
+        if "Message-ID" not in message:
+            message["Message-ID"] = mid
+        return message.as_bytes()
+    if len(unit.mails) == 1:
+        return _compose(from_address, unit.recipient, first.subject, first.body or "", mid, now)
+    parts = [f"--- {m.subject}\n\n{m.body or ''}".rstrip() + "\n" for m in unit.mails]
+    return _compose(from_address, unit.recipient, digest_subject(len(unit.mails)),
+                    "\n".join(parts), mid, now)
+
+
+def _group(session: Session, mails: Sequence[OutgoingMail]) -> list[_Unit]:
+    """Single mails, and one digest per recipient for the mails that allow it.
+
+    A digest's key is fixed on its mails and committed before it is sent, so a rerun after a
+    crash sends the same digest under the same Message-ID.
+    """
+    units: list[_Unit] = []
+    digests: dict[str, list[OutgoingMail]] = {}
+    for mail in mails:
+        if mail.digest and mail.raw_eml is None:
+            digests.setdefault(mail.digest_key or f"recipient:{mail.recipient}", []).append(mail)
+        else:
+            units.append(_Unit([mail], mail.key))
+    changed = False
+    for group_key, group in digests.items():
+        if len(group) == 1 and group[0].digest_key is None:
+            units.append(_Unit(group, group[0].key))
+            continue
+        key = group[0].digest_key if not group_key.startswith("recipient:") else (
+            f"digest:{min(group, key=lambda m: m.id).key}")
+        for mail in group:
+            if mail.digest_key != key:
+                mail.digest_key = key
+                changed = True
+        units.append(_Unit(sorted(group, key=lambda m: m.id), key))
+    if changed:
+        session.commit()
+    return units
+
+
+def _sent_last_hour(session: Session, recipients: Iterable[str],
+                    now: datetime) -> dict[str, tuple[int, datetime]]:
+    """Per recipient: messages sent in the past hour (a digest once) and the oldest of them."""
+    names = sorted(set(recipients))
+    if not names:
+        return {}
+    since = now - timedelta(hours=1)
+    rows = session.execute(
+        select(MAILS.c.recipient,
+               func.count(func.distinct(func.coalesce(MAILS.c.digest_key, MAILS.c.key))),
+               func.min(MAILS.c.sent_at))
+        .where(MAILS.c.recipient.in_(names), MAILS.c.status == MailStatus.SENT,
+               MAILS.c.sent_at > since)
+        .group_by(MAILS.c.recipient)
+    ).all()
+    return {recipient: (count, oldest) for recipient, count, oldest in rows}
+
+
+MARK_SENT = text(
+    "UPDATE outgoing_mails SET status = 'sent', sent_at = :now, last_error = NULL, "
+    "claimed_by = NULL, claimed_until = NULL WHERE id = :id AND claimed_by = :claimer"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+MARK_NOTIFIED = text(
+    "UPDATE receiver_tips SET notification = 'notified', notified_at = :now "
+    "WHERE id = :id AND notification = 'not notified'"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+assert MailStatus.SENT == "sent" and Notification.NOTIFIED == "notified"
+
+
+class _Outcomes:
+    """Writes each unit's outcome in its own commit, right after the server answered."""
+
+    def __init__(self, session: Session, policy: MailPolicy, claimer: str) -> None:
+        self.session = session
+        self.policy = policy
+        self.claimer = claimer
+
+    def _mails(self, unit: _Unit, **values: object) -> None:
+        self.session.execute(
+            update(MAILS).where(MAILS.c.id.in_(unit.ids), MAILS.c.claimed_by == self.claimer)
+            .values(claimed_by=None, claimed_until=None, **values))
+
+    def _tips(self, unit: _Unit, marker: str, now: datetime | None) -> None:
+        if unit.tip_ids:
+            values: dict[str, object] = {"notification": marker}
+            if now is not None:
+                values["notified_at"] = now
+            self.session.execute(
+                update(TIPS).where(TIPS.c.id.in_(unit.tip_ids),
+                                   TIPS.c.notification == Notification.NOT_NOTIFIED)
+                .values(**values))
+
+    def sent(self, unit: _Unit, now: datetime) -> None:
+        # The hot path: prepared statements, one commit. This commit is what makes the mail
+        # count as sent; a crash before it resends this one mail under the same Message-ID.
+        connection = self.session.connection()
+        connection.execute(MARK_SENT, [{"id": i, "claimer": self.claimer, "now": now}
+                                       for i in unit.ids])
+        if unit.tip_ids:
+            connection.execute(MARK_NOTIFIED, [{"id": i, "now": now} for i in unit.tip_ids])
+        self.session.commit()
+
+    def failed(self, unit: _Unit, error: str) -> None:
+        self._mails(unit, status=MailStatus.FAILED, attempts=MAILS.c.attempts + 1,
+                    last_error=error[:2000])
+        self._tips(unit, Notification.UNABLE, None)
+        self.session.commit()
+
+    def retry(self, unit: _Unit, error: str, now: datetime) -> bool:
+        """Count the attempt and back off; past the cap the mail fails. True if it failed."""
+        attempts = max(m.attempts for m in unit.mails) + 1
+        if attempts >= self.policy.max_attempts:
+            self.failed(unit, f"gave up after {attempts} attempts: {error}")
+            return True
+        self._mails(unit, attempts=attempts, last_error=error[:2000],
+                    next_attempt_at=now + self.policy.backoff(attempts))
+        self.session.commit()
+        return False
+
+    def defer(self, unit: _Unit, until: datetime, reason: str) -> None:
+        self._mails(unit, next_attempt_at=until, last_error=reason)
+        self.session.commit()
+
+
+def due(now: datetime):  # type: ignore[no-untyped-def]
+    return and_(OutgoingMail.status == MailStatus.PENDING, OutgoingMail.next_attempt_at <= now)
+
+
+class _Writer:
+    """Writes the outcomes in order on a connection of its own, in one background thread.
+
+    The commit of one mail's sent mark overlaps the MAIL, RCPT and DATA round trips of the
+    next, and `wait` is called before the next mail's final dot: the server can accept the
+    next mail only once the previous one is recorded, so at most one accepted mail is ever
+    unrecorded (the one in flight).
+    """
+
+    def __init__(self, session: Session, policy: MailPolicy, claimer: str) -> None:
+        self.session = Session(bind=session.get_bind(), expire_on_commit=False)
+        self.outcomes = _Outcomes(self.session, policy, claimer)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opsflow-outbox")
+        self.futures: list[Future[object]] = []
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        self.futures.append(self.pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        futures, self.futures = self.futures, []
+        for future in futures:
+            future.result()  # an outcome that could not be written stops the batch
+
+    def call(self, fn: Callable[..., object], *args: object) -> object:
+        self.wait()
+        return self.pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
+            self.session.close()
+
+
+def send_batch(
+    session: Session,
+    sender: MailSender,
+    *,
+    claimer: str,
+    limit: int = 500,
+    policy: MailPolicy | None = None,
+    now: datetime | None = None,
+    on_sent: Callable[[int], None] | None = None,
+) -> SendReport:
+    """Claim up to `limit` due mails and send them over `sender`'s one connection.
+
+    `now` is the clock of this batch (tests set it); time spent sending is added to it, so a
+    batch that runs past its lease renews it, and stops if another run took the mails.
+    """
+    policy = policy or MailPolicy()
+    start_clock = now or utcnow()
+    started = time.monotonic()
+
+    def clock() -> datetime:
+        return start_clock + timedelta(seconds=time.monotonic() - started)
+
+    mails = claim_batch(session, OutgoingMail, due(start_clock), claimer=claimer, limit=limit,
+                        lease=policy.lease, order_by=[OutgoingMail.next_attempt_at,
+                                                      OutgoingMail.id], now=start_clock)
+    report = SendReport(claimed=len(mails))
+    if not mails:
+        return report
+    lease_until = start_clock + policy.lease
+    units = _group(session, mails)
+    sent_before = _sent_last_hour(session, (u.recipient for u in units), start_clock)
+    session.commit()  # end the read: from here on only the writer touches the store
+    sent_now: dict[str, int] = {}
+    from_address = sender.config.from_address
+    down: str | None = None
+    writer = _Writer(session, policy, claimer)
+    outcomes = writer.outcomes
+    try:
+        for index, unit in enumerate(units):
+            now_ = clock()
+            if now_ >= lease_until - timedelta(seconds=30):
+                ids = [m.id for u in units[index:] for m in u.mails]
+                if writer.call(renew, writer.session, OutgoingMail, ids, claimer=claimer,
+                               lease=policy.lease, now=now_) == 0:
+                    break  # another run owns them now
+                lease_until = now_ + policy.lease
+            gives_up = max(m.attempts for m in unit.mails) + 1 >= policy.max_attempts
+            if down is not None:
+                writer.submit(outcomes.retry, unit, down, now_)
+                report.failed += gives_up
+                report.retried += 1
+                continue
+            count, oldest = sent_before.get(unit.recipient, (0, now_))
+            if count + sent_now.get(unit.recipient, 0) >= policy.hourly_limit:
+                until = max(oldest + timedelta(hours=1), now_ + timedelta(minutes=1))
+                writer.submit(outcomes.defer, unit, until,
+                              f"hourly limit of {policy.hourly_limit} mails to this recipient")
+                report.deferred += len(unit.mails)
+                continue
+            try:
+                sender.send(from_address, [unit.recipient], render(unit, from_address, now_),
+                            ready=writer.wait)
+            except MailRefused as exc:
+                if exc.permanent:
+                    writer.submit(outcomes.failed, unit, f"refused: {exc}")
+                    report.failed += 1
+                else:
+                    writer.submit(outcomes.retry, unit, f"refused for now: {exc}", now_)
+                    report.failed += gives_up
+                    report.retried += 1
+                report.errors.append(f"{unit.key}: {exc}")
+                continue
+            except SmtpUnavailable as exc:
+                down = str(exc)
+                report.errors.append(down)
+                writer.submit(outcomes.retry, unit, down, now_)
+                report.failed += gives_up
+                report.retried += 1
+                continue
+            writer.submit(outcomes.sent, unit, now_)
+            sent_now[unit.recipient] = sent_now.get(unit.recipient, 0) + 1
+            report.sent += 1
+            if len(unit.mails) > 1:
+                report.digested += len(unit.mails)
+            if on_sent is not None:
+                on_sent(report.sent)
+    finally:
+        writer.close()
+    return report

@@ -1,0 +1,171 @@
+"""SMTP sending over one connection, with timeouts, reconnection and error kinds.
+
+The outbox needs three answers from a send: accepted, refused for good (5xx: fail that mail
+at once), or not now (4xx, a lost connection, a timeout: retry later with backoff). A lost
+connection is reopened once per mail; if that fails too the server is down and the rest of the
+batch waits for the next run instead of hanging on it.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Security = Literal["none", "starttls", "tls"]
+DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Where and how to connect; the `SmtpServer` block turns itself into one of these."""
+
+    host: str
+    port: int
+    from_address: str
+    security: Security = "none"
+    username: str | None = None
+    password: str | None = None  # never logged; the block keeps it as a SecretStr
+    timeout: float = 30.0
+
+    def __repr__(self) -> str:  # keep the password out of logs and tracebacks
+        return (f"SmtpConfig(host={self.host!r}, port={self.port}, security={self.security!r}, "
+                f"username={self.username!r}, from_address={self.from_address!r})")
+
+
+class SmtpUnavailable(Exception):
+    """The SMTP server cannot be reached or dropped us: retry later."""
+
+
+class MailRefused(Exception):
+    """The server refused one mail; `permanent` for a 5xx answer."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.permanent = 500 <= code < 600
+
+
+def open_connection(config: SmtpConfig) -> smtplib.SMTP:
+    """A logged-in SMTP connection; SmtpUnavailable when the server cannot be reached."""
+    try:
+        if config.security == "tls":
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                config.host, config.port, timeout=config.timeout,
+                context=ssl.create_default_context())
+        else:
+            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+            if config.security == "starttls":
+                smtp.starttls(context=ssl.create_default_context())
+        if config.username:
+            smtp.login(config.username, config.password or "")
+        return smtp
+    except smtplib.SMTPAuthenticationError as exc:
+        raise SmtpUnavailable(f"SMTP login to {config.host}:{config.port} refused: "
+                              f"{exc.smtp_code}") from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SmtpUnavailable(f"cannot reach SMTP server {config.host}:{config.port}: "
+                              f"{exc}") from None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class MailSender:
+    """One SMTP connection for a batch, opened on first use and reopened once when lost."""
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
+        self._smtp: smtplib.SMTP | None = None
+
+    def __enter__(self) -> MailSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        if self._smtp is None:
+            self._smtp = open_connection(self.config)
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                self._smtp.close()
+            self._smtp = None
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+
+    def send(self, sender: str, recipients: Sequence[str], message: bytes,
+             ready: Callable[[], None] | None = None) -> None:
+        """Hand one message to the server; returns only when the server accepted it.
+
+        `ready` is called after the server said 354 (go ahead) and before the message and its
+        final dot go out: the last moment before the server can accept it.
+        """
+        for attempt in (1, 2):
+            self.connect()
+            assert self._smtp is not None
+            try:
+                self._transaction(self._smtp, sender, recipients, message, ready)
+                return
+            except smtplib.SMTPResponseException as exc:
+                if exc.smtp_code == 421:  # the server is closing the connection
+                    self._drop()
+                    raise SmtpUnavailable(f"{exc.smtp_code} {_text(exc.smtp_error)}") from None
+                raise MailRefused(exc.smtp_code, _text(exc.smtp_error)) from None
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                self._drop()
+                if attempt == 2:
+                    raise SmtpUnavailable(f"connection lost: {exc or type(exc).__name__}") from None
+
+    @staticmethod
+    def _transaction(smtp: smtplib.SMTP, sender: str, recipients: Sequence[str],
+                     message: bytes, ready: Callable[[], None] | None) -> None:
+        """MAIL, RCPT, DATA as smtplib's sendmail does them, with `ready` before the dot."""
+        smtp.ehlo_or_helo_if_needed()
+        code, reply = smtp.mail(sender)
+        if code != 250:
+            _reset(smtp)
+            raise smtplib.SMTPResponseException(code, reply)
+        refused: tuple[int, bytes] | None = None
+        accepted = 0
+        for recipient in recipients:
+            code, reply = smtp.rcpt(recipient)
+            if code in (250, 251):
+                accepted += 1
+            else:
+                refused = (code, reply)
+        if not accepted:
+            _reset(smtp)
+            assert refused is not None
+            raise smtplib.SMTPResponseException(*refused)
+        code, reply = smtp.docmd("data")
+        if code != 354:
+            _reset(smtp)
+            raise smtplib.SMTPResponseException(code, reply)
+        if ready is not None:
+            ready()
+        data = DOT_AT_LINE_START.sub(b"..", message)
+        if not data.endswith(b"\r\n"):
+            data += b"\r\n"
+        smtp.send(data + b".\r\n")
+        code, reply = smtp.getreply()
+        if code != 250:
+            raise smtplib.SMTPResponseException(code, reply)
+
+
+def _reset(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.rset()
+    except (OSError, smtplib.SMTPException):
+        pass
