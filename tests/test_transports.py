@@ -6,8 +6,10 @@ Every protocol test runs on each target; what the target really holds is read ou
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +26,13 @@ from opsflow.transports.base import (
     MissingSource,
     PathRefused,
     Transport,
+    TransportUnavailable,
     Upload,
 )
 from opsflow.transports.local import LocalTransport
+from opsflow.transports.s3 import S3Transport
 from opsflow.transports.sftp import SftpSettings, SftpTransport
-from tests.support.servers import S3Endpoint, Sshd
+from tests.support.servers import S3Endpoint, Sshd, free_port
 
 HOSTILE_NAMES = [
     "plain.txt",
@@ -304,3 +308,148 @@ def test_local_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
     [result] = list(transport.send([Upload(folder / "inside.txt", "link-out/planted")]))
     assert not result.ok and "outside" in (result.error or "")
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+
+
+# --- S3 specifics ----------------------------------------------------------------------------
+
+def test_s3_folder_delete_removes_exactly_the_prefix_in_batches(s3_target: Target,
+                                                                 tmp_path: Path) -> None:
+    transport = s3_target.transport
+    assert isinstance(transport, S3Transport)
+    source = tmp_path / "s"
+    source.mkdir()
+    inside = [f"prefix/f{i}" for i in range(7)] + ["prefix/sub/deep"]
+    neighbours = ["prefix", "prefix-neighbour/x", "prefix.txt", "prefixx", "other/prefix/y"]
+    send_all(transport, make_files(source, inside + neighbours))
+
+    batches: list[int] = []
+    def count(params: dict, **_: object) -> None:
+        batches.append(params["body"].count(b"<Object>"))
+
+    transport.client.meta.events.register("before-call.s3.DeleteObjects", count)
+    transport.delete_batch = 3
+    transport.delete("prefix", is_dir=True)
+
+    assert set(s3_target.files()) == {n.encode() for n in neighbours}
+    assert batches == [3, 3, 2]  # 8 keys in batches of 3
+
+
+def test_s3_multipart_upload_of_a_big_file(s3_target: Target, s3: S3Endpoint, s3_bucket: str,
+                                           tmp_path: Path) -> None:
+    transport = s3_target.transport
+    assert isinstance(transport, S3Transport)
+    transport.multipart_threshold = transport.part_size = 5 * 1024 * 1024  # S3's least part
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(1024) * (11 * 1024))  # 11 MiB: three parts
+    [result] = send_all(transport, [Upload(big, "big file", mtime=1_400_000_000)])
+    assert result.sha256 == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert transport.sha256("big file") == result.sha256
+    assert s3_target.files() == {b"big file": big.read_bytes()}
+    entry = transport.stat("big file")
+    assert entry is not None and entry.mtime == 1_400_000_000 and entry.size == 11 * 2**20
+    head = s3.client().head_object(Bucket=s3_bucket, Key="folder/sync base/big file")
+    assert head["ETag"].endswith('-3"')  # assembled from three parts
+    assert not s3.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+def test_s3_stat_of_a_prefix_is_a_folder(s3_target: Target, tmp_path: Path) -> None:
+    source = tmp_path / "s"
+    source.mkdir()
+    send_all(s3_target.transport, make_files(source, ["dir/a"]))
+    entry = s3_target.transport.stat("dir")
+    assert entry is not None and entry.is_dir
+    assert s3_target.transport.stat("di") is None
+
+
+def test_s3_unreachable_endpoint_is_unavailable(tmp_path: Path) -> None:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                          region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing",
+                          config=Config(retries={"max_attempts": 1}, connect_timeout=2))
+    with pytest.raises(TransportUnavailable, match="unreachable"):
+        S3Transport(client, "bucket")
+
+
+# --- SFTP specifics --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ["openssh", "paramiko"])
+def test_sftp_many_windows_on_several_connections(sshd: Sshd, sftp_root: Path, tmp_path: Path,
+                                                  engine: str) -> None:
+    """More files than one window, and a file bigger than a window, over two connections."""
+    source = tmp_path / "s"
+    source.mkdir()
+    uploads = make_files(source, [f"folder-{i % 7}/file-{i}" for i in range(150)])
+    big = source / "big"
+    big.write_bytes(os.urandom(1024) * 9 * 1024)  # 9 MiB, more than WINDOW_BYTES
+    uploads.append(Upload(big, "deep/er/big", size=big.stat().st_size, mtime=1_234_567_890))
+    transport = SftpTransport(sftp_settings(sshd, engine=engine, connections=2),
+                              str(sftp_root))
+    try:
+        results = send_all(transport, uploads)
+        assert len(transport._wires) == 2
+        by_path = {r.upload.path: r.sha256 for r in results}
+        assert by_path["deep/er/big"] == hashlib.sha256(big.read_bytes()).hexdigest()
+        assert transport.sha256("deep/er/big") == by_path["deep/er/big"]
+    finally:
+        transport.close()
+    assert tree_of(sftp_root) == {u.path.encode(): u.local.read_bytes() for u in uploads}
+    assert (sftp_root / "deep/er/big").stat().st_mtime == 1_234_567_890
+
+
+def stop_sshd_and_its_sessions(sshd: Sshd) -> None:
+    """A server going down: the listener and the sessions it forked (which outlive a plain
+    stop of the listener)."""
+    assert sshd.process is not None
+    pid = sshd.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    sshd.stop()
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+def test_sftp_server_stopped_mid_batch_is_unavailable(sshd: Sshd, sftp_root: Path,
+                                                      tmp_path: Path, connections: int) -> None:
+    source = tmp_path / "s"
+    source.mkdir()
+    uploads = []
+    for i in range(1000):
+        (source / str(i)).write_bytes(b"%d" % i)
+        uploads.append(Upload(source / str(i), f"d{i % 10}/{i}", size=len(b"%d" % i)))
+    transport = SftpTransport(sftp_settings(sshd, connections=connections, timeout=10),
+                              str(sftp_root))
+    confirmed = []
+    try:
+        results = transport.send(uploads)
+        confirmed.append(next(results))
+        stop_sshd_and_its_sessions(sshd)
+        with pytest.raises(TransportUnavailable):
+            for result in results:
+                confirmed.append(result)
+        with pytest.raises(TransportUnavailable):
+            transport.stat("d0")
+    finally:
+        transport.close()
+        sshd.start()
+    assert 0 < len(confirmed) < len(uploads)
+    assert all(r.ok for r in confirmed)
+    for result in confirmed:  # what was confirmed is really there
+        assert (sftp_root / result.upload.path).read_bytes() == result.upload.local.read_bytes()
+
+    again = SftpTransport(sftp_settings(sshd), str(sftp_root))  # the server is back
+    try:
+        assert len(send_all(again, uploads)) == len(uploads)
+    finally:
+        again.close()
+    assert not [p for p in tree_of(sftp_root) if TEMP_PREFIX.encode() in p]
+
+
+def test_sftp_unreachable_server_is_unavailable(sshd: Sshd) -> None:
+    for engine in ("openssh", "paramiko"):
+        with pytest.raises(TransportUnavailable):
+            SftpTransport(sftp_settings(sshd, port=free_port(), engine=engine,
+                                        known_hosts=sshd.host_public_key))

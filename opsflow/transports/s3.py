@@ -56,6 +56,8 @@ class S3Transport:
         self.base = base.strip("/")
         self.workers = workers
         self.delete_batch = DELETE_BATCH
+        self.multipart_threshold = MULTIPART_THRESHOLD
+        self.part_size = PART_SIZE
         self._guard(lambda: self.client.head_bucket(Bucket=bucket), f"bucket {bucket!r}")
 
     def __repr__(self) -> str:
@@ -109,7 +111,7 @@ class S3Transport:
             return SendResult(upload, ok=False, error=f"refused: {exc}")
         try:
             size = upload.local.stat().st_size
-            if size <= MULTIPART_THRESHOLD:
+            if size <= self.multipart_threshold:
                 data = upload.local.read_bytes()
                 digest = hashlib.sha256(data).hexdigest()
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
@@ -134,7 +136,7 @@ class S3Transport:
         return metadata
 
     def _multipart(self, upload: Upload, key: str) -> str:
-        """Parts of PART_SIZE, hashed as they are read; aborted on any failure.
+        """Parts of `part_size`, hashed as they are read; aborted on any failure.
 
         The whole-file sha256 is only known at the end, so it is not in the metadata here.
         """
@@ -146,7 +148,7 @@ class S3Transport:
             parts = []
             with open(upload.local, "rb") as source:
                 number = 1
-                while chunk := source.read(PART_SIZE):
+                while chunk := source.read(self.part_size):
                     digest.update(chunk)
                     reply = self.client.upload_part(Bucket=self.bucket, Key=key,
                                                      UploadId=upload_id, PartNumber=number,

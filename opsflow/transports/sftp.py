@@ -103,7 +103,10 @@ def pinned_keys(known_hosts: str, host: str, port: int) -> list[tuple[str, str]]
         if fields[0].startswith(("ssh-", "ecdsa-", "sk-")) and len(fields) >= 2:
             keys.append((fields[0], fields[1]))  # a bare key pins this server, whatever its name
             continue
-        entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+        except (paramiko.hostkeys.InvalidHostKey, ValueError):
+            entry = None  # as OpenSSH does, a line it cannot read pins nothing
         if entry is None or len(fields) < 3:
             continue
         table = paramiko.HostKeys()
