@@ -1,0 +1,306 @@
+"""The folder sensor: watchdog events -> the durable sync queue -> a Prefect event.
+
+One watchdog observer per `SyncMapping`. Events become intents (send, delete, move) that are
+coalesced in memory by path and written to the queue in one transaction every `FLUSH_EVERY`
+seconds, so a flood of events costs memory for the paths in flight, not for the history.
+
+Settle time: on Linux a file closed after writing (`FileClosedEvent`) is ready at once; a file
+created or modified without a close is sent after `settle_seconds` of quiet (each change
+pushes its `not_before` further). The sensor keeps queueing whatever the target's state:
+only the sync flow talks to the target.
+
+Waking the drain: after a flush the sensor emits `opsflow.sync.queued` for the mapping, at
+most a few times a second, and not at all while a drain of the mapping is alive (it lingers
+and polls the queue, so a wake-up would only start a run that steps aside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from opsflow.store import utcnow
+from opsflow.sync import queue
+from opsflow.sync.coalesce import DELETE, MOVE, SEND, Coalescer, Intent
+from opsflow.sync.tree import MappingSettings, relative
+
+log = logging.getLogger("opsflow.sensors.folder")
+
+EVENT_NAME = "opsflow.sync.queued"
+FLUSH_EVERY = 0.075  # seconds: the sensor's share of the sync latency
+MIN_EMIT_GAP = 0.25  # at most four wake-ups a second per mapping
+REWAKE_AFTER = 10.0  # a wake-up that started no drain is repeated after this long
+WATCHED = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent,
+           FileMovedEvent, DirMovedEvent, DirDeletedEvent, DirCreatedEvent]
+
+Emit = Callable[[str, int], None]  # (mapping name, intents flushed)
+
+
+def resource_id(mapping: str) -> str:
+    return f"opsflow.sync-mapping.{mapping}"
+
+
+def emit_prefect_event(mapping: str, count: int) -> None:
+    """The event the sync deployment's trigger listens for."""
+    from prefect.events import emit_event
+
+    emit_event(event=EVENT_NAME,
+               resource={"prefect.resource.id": resource_id(mapping),
+                         "prefect.resource.name": mapping, "opsflow.mapping": mapping},
+               payload={"queued": count})
+
+
+def intents_for(event: FileSystemEvent, settings: MappingSettings) -> list[Intent]:
+    """What one watchdog event asks of the target (nothing for most folder events)."""
+    root = settings.local_root
+    src = relative(root, event.src_path)
+    if isinstance(event, FileMovedEvent | DirMovedEvent):
+        if event.is_synthetic:
+            return []  # files inside a moved folder: the folder's move covers them
+        dst = relative(root, event.dest_path)
+        keep_src = src is not None and settings.wants(src)
+        keep_dst = dst is not None and settings.wants(dst)
+        if keep_src and keep_dst:
+            return [Intent(MOVE, src, dst, is_dir=event.is_directory)]  # type: ignore[arg-type]
+        if keep_dst and not event.is_directory:
+            return [Intent(SEND, dst)]  # type: ignore[arg-type]  # renamed into place: complete
+        if keep_dst:  # a folder from an excluded name: its files arrive as sends
+            return [Intent(SEND, rel) for rel in _files_under(settings, dst)]  # type: ignore[arg-type]
+        if keep_src:
+            return [Intent(DELETE, src, is_dir=event.is_directory)]  # type: ignore[arg-type]
+        return []
+    if src is None or not settings.wants(src):
+        return []
+    if isinstance(event, FileClosedEvent) or (isinstance(event, FileCreatedEvent)
+                                              and event.is_synthetic):
+        return [Intent(SEND, src)]  # closed after writing, or moved in whole: ready now
+    if isinstance(event, FileCreatedEvent | FileModifiedEvent):
+        wait = timedelta(seconds=settings.settle_seconds)
+        return [Intent(SEND, src, not_before=utcnow() + wait)]
+    if isinstance(event, FileDeletedEvent | DirDeletedEvent):
+        return [Intent(DELETE, src, is_dir=event.is_directory)]
+    return []
+
+
+def _files_under(settings: MappingSettings, folder: str) -> list[str]:
+    found = []
+    for current, _dirs, files in os.walk(settings.local_root / folder):
+        for name in files:
+            rel = relative(settings.local_root, os.path.join(current, name))
+            if rel is not None and settings.wants(rel):
+                found.append(rel)
+    return found
+
+
+class FolderSensor(FileSystemEventHandler):
+    """Watches one mapping's folder and feeds its queue."""
+
+    def __init__(self, settings: MappingSettings, database_url: str, *,
+                 emit: Emit | None = emit_prefect_event, flush_every: float = FLUSH_EVERY
+                 ) -> None:
+        self.settings = settings
+        self.url = database_url
+        self.emit = emit
+        self.flush_every = flush_every
+        self._buffer = Coalescer()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._observer = Observer()
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                         name=f"sync-sensor-{settings.name}")
+        self._last_emit = float("-inf")
+        self._drain_seen = False
+        self.events_seen = 0
+        self.intents_flushed = 0
+
+    # --- watchdog side (observer thread): cheap, in memory --------------------------------
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            intents = intents_for(event, self.settings)
+        except Exception:  # noqa: BLE001 - one odd event must not stop the sensor
+            log.exception("cannot read event %r", event)
+            return
+        with self._lock:
+            self.events_seen += 1
+            for intent in intents:
+                self._buffer.add(intent)
+
+    # --- flusher thread: one transaction per interval -------------------------------------
+
+    def flush(self) -> int:
+        """Write what arrived since the last flush; on failure keep it for the next one."""
+        with self._lock:
+            buffer, self._buffer = self._buffer, Coalescer()
+        intents = buffer.intents()
+        if not intents:
+            return 0
+        try:
+            queue.enqueue(self.url, self.settings.name, intents)
+        except Exception:  # noqa: BLE001 - the store may be busy or down: retry, lose nothing
+            log.exception("sync queue of %r not written; retrying", self.settings.name)
+            with self._lock:
+                newer, self._buffer = self._buffer, Coalescer()
+                for intent in intents + newer.intents():
+                    self._buffer.add(intent)
+            return 0
+        self.intents_flushed += len(intents)
+        self._wake(len(intents))
+        return len(intents)
+
+    def _wake(self, count: int, *, force: bool = False) -> None:
+        if self.emit is None:
+            return
+        now = time.monotonic()
+        if now - self._last_emit < MIN_EMIT_GAP:
+            return
+        try:
+            if queue.drain_alive(self.url, self.settings.name):
+                self._drain_seen = True  # the live drain polls the queue itself
+                return
+            if not (force or self._drain_seen or now - self._last_emit >= REWAKE_AFTER):
+                return  # woken recently; the run is still starting
+            self.emit(self.settings.name, count)
+            self._last_emit, self._drain_seen = now, False
+        except Exception:  # noqa: BLE001 - no server now: the interval schedule catches up
+            log.warning("could not emit %s for %r", EVENT_NAME, self.settings.name,
+                        exc_info=True)
+
+    def _flush_loop(self) -> None:
+        next_check = time.monotonic() + REWAKE_AFTER
+        while not self._stop.wait(self.flush_every):
+            self.flush()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + REWAKE_AFTER
+                try:
+                    if queue.has_due(self.url, self.settings.name):
+                        self._wake(0)  # work waits (settled sends, a cancelled run)
+                except Exception:  # noqa: BLE001
+                    log.warning("cannot read the sync queue", exc_info=True)
+        self.flush()
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> FolderSensor:
+        root = self.settings.local_root
+        if not root.is_dir():
+            raise FileNotFoundError(f"sync mapping {self.settings.name!r}: local folder "
+                                    f"{root} does not exist")
+        self._observer.schedule(self, str(root), recursive=True, event_filter=WATCHED)
+        self._observer.start()
+        self._flusher.start()
+        log.info("watching %s for sync mapping %r", root, self.settings.name)
+        return self
+
+    def stop(self) -> None:
+        """Stop watching and write what is still buffered."""
+        self._observer.stop()
+        self._observer.join(timeout=10)
+        self._stop.set()
+        if self._flusher.is_alive():
+            self._flusher.join(timeout=30)
+
+
+def mapping_names() -> list[str]:
+    """Names of every saved SyncMapping block."""
+    from prefect.client.orchestration import get_client
+
+    from blocks.sync_mapping import SyncMapping
+
+    with get_client(sync_client=True) as client:
+        try:
+            documents = client.read_block_documents_by_type(
+                block_type_slug=SyncMapping.get_block_type_slug(), include_secrets=False)
+        except Exception as exc:  # noqa: BLE001 - the type is registered on first save
+            if "404" in str(exc) or "not found" in str(exc).lower():
+                return []
+            raise
+    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
+
+
+def start_sensors(names: Sequence[str] | None = None, *, database_url: str | None = None,
+                  emit: Emit | None = emit_prefect_event) -> Callable[[], None]:
+    """Start a sensor per SyncMapping block (all of them by default); returns the stopper.
+
+    A mapping whose folder is missing is reported and skipped: creating it could make an
+    unmounted disk look like a folder whose files were all deleted.
+    """
+    from blocks.sync_mapping import SyncMapping
+    from opsflow.settings import get_settings
+
+    url = database_url or get_settings().database_url
+    sensors: list[FolderSensor] = []
+    for name in (mapping_names() if names is None else names):
+        settings = SyncMapping.load(name).settings(name)
+        try:
+            sensors.append(FolderSensor(settings, url, emit=emit).start())
+        except (FileNotFoundError, OSError) as exc:
+            log.error("sync mapping %r not watched: %s", name, exc)
+
+    def stop() -> None:
+        for sensor in sensors:
+            sensor.stop()
+
+    return stop
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sensors.folder`: run the sensors in the foreground until stopped."""
+    parser = argparse.ArgumentParser(prog="python -m sensors.folder", description=__doc__)
+    parser.add_argument("--mapping", action="append", help="a SyncMapping block (repeatable); "
+                        "default: every saved one")
+    parser.add_argument("--local-folder", type=Path,
+                        help="watch this folder without a block (with --name)")
+    parser.add_argument("--name", help="mapping name for --local-folder")
+    parser.add_argument("--settle", type=float, default=2.0)
+    parser.add_argument("--exclude", action="append", default=[])
+    parser.add_argument("--database-url", help="record store (default: OPSFLOW settings)")
+    parser.add_argument("--no-events", action="store_true", help="do not emit Prefect events")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from opsflow.settings import get_settings
+
+    url = args.database_url or get_settings().database_url
+    emit = None if args.no_events else emit_prefect_event
+    if args.local_folder:
+        if not args.name:
+            parser.error("--local-folder needs --name")
+        settings = MappingSettings(name=args.name, local_root=args.local_folder.resolve(),
+                                   settle_seconds=args.settle, exclude=tuple(args.exclude))
+        sensor = FolderSensor(settings, url, emit=emit).start()
+        stop = sensor.stop
+    else:
+        stop = start_sensors(args.mapping, database_url=url, emit=emit)
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    print("sensor ready", flush=True)
+    done.wait()
+    stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
