@@ -66,14 +66,14 @@ def create_tips(session: Session, *, claimer: str, limit: int = 500,
         case((has_files, literal(str(Delivery.NOT_YET))), else_=literal(str(Delivery.NO_DATA))),
         literal(0),
     ).where(link.submission_id.in_(ids), ~already)
-    created = session.execute(TIPS.insert().from_select(
+    created = len(session.execute(TIPS.insert().from_select(
         ["submission_id", "receiver_id", "created_at", "notification", "delivery",
-         "delivery_attempts"], pairs)).rowcount
+         "delivery_attempts"], pairs).returning(TIPS.c.id)).all())
     session.execute(update(Submission.__table__).where(
         Submission.__table__.c.id.in_(ids), Submission.__table__.c.claimed_by == claimer)
         .values(tips_created_at=now, claimed_by=None, claimed_until=None))
     session.commit()
-    return BatchResult(len(ids), max(created or 0, 0))
+    return BatchResult(len(ids), created)
 
 
 def tip_mail_key(tip_id: int) -> str:

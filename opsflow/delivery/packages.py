@@ -1,0 +1,255 @@
+"""File delivery: one package per receiver tip, checked, then pushed through a transport.
+
+The legacy job marked a tip delivered before its file was written, so a restart lost it.
+Here the package is written under a temporary name, every file's bytes are checked against
+the sha256 on its record while they stream into the zip, the finished package is encrypted
+to the receiver's OpenPGP key when one is set, and only then renamed into place and the tip
+flipped to `delivery available`. Pushing it through a transport flips it to `delivery
+performed` once the target confirmed the same sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from opsflow.claim import claim_batch
+from opsflow.delivery.records import Delivery, Receiver, ReceiverTip, SubmissionFile
+from opsflow.store import utcnow
+from opsflow.transports.base import Transport, TransportError, Upload
+
+TIPS = ReceiverTip.__table__
+CHUNK = 1024 * 1024
+GPG = shutil.which("gpg") or "gpg"
+
+
+class PackageRefused(Exception):
+    """The package cannot be built from what is stored; retrying will not help."""
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    max_attempts: int = 5
+    backoff_base: timedelta = timedelta(minutes=5)
+    backoff_max: timedelta = timedelta(hours=6)
+    lease: timedelta = timedelta(minutes=30)
+
+    def backoff(self, attempts: int) -> timedelta:
+        return min(self.backoff_base * (2 ** max(attempts - 1, 0)), self.backoff_max)
+
+
+@dataclass
+class DeliveryReport:
+    claimed: int = 0
+    available: int = 0
+    performed: int = 0
+    no_data: int = 0
+    retried: int = 0
+    unable: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: DeliveryReport) -> None:
+        for name in ("claimed", "available", "performed", "no_data", "retried", "unable"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_zip(files: Sequence[SubmissionFile], target: Path) -> None:
+    """Zip the files into `target`, checking each one's bytes against its record as they go."""
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for record in files:
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                with open(record.stored_path, "rb") as source, zf.open(record.name, "w") as sink:
+                    while chunk := source.read(CHUNK):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        sink.write(chunk)
+            except FileNotFoundError:
+                raise PackageRefused(f"file {record.name!r} is missing from the store "
+                                     f"({record.stored_path})") from None
+            if digest.hexdigest() != record.sha256 or size != record.size:
+                raise PackageRefused(
+                    f"file {record.name!r} does not match its record: sha256 "
+                    f"{digest.hexdigest()} ({size} bytes) stored, {record.sha256} "
+                    f"({record.size} bytes) recorded")
+
+
+def encrypt(source: Path, target: Path, public_key: str) -> None:
+    """Encrypt `source` to the one key in `public_key` (ASCII armored) with the gpg binary.
+
+    A throw-away keyring holds the key, so nothing is left behind and no trust database of
+    the machine is consulted. No shell is involved.
+    """
+    with tempfile.TemporaryDirectory(prefix="opsflow-gpg-") as home:
+        os.chmod(home, 0o700)
+        base = [GPG, "--batch", "--no-tty", "--quiet", "--homedir", home]
+        imported = subprocess.run([*base, "--import"], input=public_key.encode(),
+                                  capture_output=True, timeout=60)
+        listing = subprocess.run([*base, "--with-colons", "--list-keys"],
+                                 capture_output=True, timeout=60, text=True)
+        fingerprints = [line.split(":")[9] for line in listing.stdout.splitlines()
+                        if line.startswith("fpr:")]
+        if imported.returncode != 0 or not fingerprints:
+            why = imported.stderr.decode(errors="replace").strip().splitlines()
+            raise PackageRefused("the receiver's OpenPGP key is not usable: "
+                                 + (why[-1] if why else "no key found"))
+        result = subprocess.run(
+            [*base, "--trust-model", "always", "--yes", "--output", str(target),
+             "--recipient", fingerprints[0], "--encrypt", str(source)],
+            capture_output=True, timeout=600)
+        subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"],
+                       capture_output=True, timeout=30, check=False)
+        if result.returncode != 0:
+            why = result.stderr.decode(errors="replace").strip().splitlines()
+            raise PackageRefused("encryption to the receiver's OpenPGP key failed: "
+                                 + (why[-1] if why else f"gpg exit {result.returncode}"))
+
+
+def build_package(tip_id: int, files: Sequence[SubmissionFile], folder: Path,
+                  public_key: str | None) -> tuple[Path, str]:
+    """Write and check the package of one tip; returns its final path and sha256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"tip-{tip_id}.zip" + (".pgp" if public_key else "")
+    final = folder / name
+    partial = folder / f".partial-{name}"
+    zipped = folder / f".partial-tip-{tip_id}.zip"
+    try:
+        write_zip(files, zipped)
+        if public_key:
+            encrypt(zipped, partial, public_key)
+            zipped.unlink()
+        os.replace(zipped if not public_key else partial, final)
+    finally:
+        for leftover in (zipped, partial):
+            leftover.unlink(missing_ok=True)
+    return final, _sha256(final)
+
+
+def _due(transport: Transport | None, now: datetime):  # type: ignore[no-untyped-def]
+    states = [Delivery.NOT_YET] + ([Delivery.AVAILABLE] if transport is not None else [])
+    return and_(ReceiverTip.delivery.in_(states),
+                or_(ReceiverTip.next_delivery_at.is_(None), ReceiverTip.next_delivery_at <= now))
+
+
+def deliver_batch(session: Session, *, folder: Path, transport: Transport | None, claimer: str,
+                  limit: int = 100, policy: DeliveryPolicy | None = None,
+                  now: datetime | None = None) -> DeliveryReport:
+    """Package the claimed `not yet delivered` tips, then push the available ones.
+
+    Without a transport a package stays `delivery available` for the receiver to fetch.
+    """
+    policy = policy or DeliveryPolicy()
+    now = now or utcnow()
+    tips = claim_batch(session, ReceiverTip, _due(transport, now), claimer=claimer, limit=limit,
+                       lease=policy.lease, now=now)
+    report = DeliveryReport(claimed=len(tips))
+    if not tips:
+        return report
+    submission_ids = {t.submission_id for t in tips}
+    files: dict[int, list[SubmissionFile]] = {}
+    for record in session.scalars(select(SubmissionFile).where(
+            SubmissionFile.submission_id.in_(submission_ids)).order_by(SubmissionFile.id)):
+        files.setdefault(record.submission_id, []).append(record)
+    keys = dict(session.execute(select(Receiver.id, Receiver.pgp_public_key).where(
+        Receiver.id.in_({t.receiver_id for t in tips}))).all())
+
+    def flip(tip: ReceiverTip, **values: object) -> None:
+        session.execute(update(TIPS).where(TIPS.c.id == tip.id, TIPS.c.claimed_by == claimer)
+                        .values(claimed_by=None, claimed_until=None, **values))
+        session.commit()
+
+    def failed(tip: ReceiverTip, error: str) -> None:
+        attempts = tip.delivery_attempts + 1
+        if attempts >= policy.max_attempts:
+            flip(tip, delivery=Delivery.UNABLE, delivery_attempts=attempts,
+                 delivery_error=f"gave up after {attempts} attempts: {error}")
+            report.unable += 1
+        else:
+            flip(tip, delivery_attempts=attempts, delivery_error=error,
+                 next_delivery_at=now + policy.backoff(attempts))
+            report.retried += 1
+        report.errors.append(f"tip {tip.id}: {error}")
+
+    to_push: list[ReceiverTip] = []
+    for tip in tips:
+        if tip.delivery == Delivery.AVAILABLE:
+            to_push.append(tip)
+            continue
+        tip_files = files.get(tip.submission_id, [])
+        if not tip_files:
+            flip(tip, delivery=Delivery.NO_DATA)
+            report.no_data += 1
+            continue
+        try:
+            path, digest = build_package(tip.id, tip_files, folder, keys.get(tip.receiver_id))
+        except PackageRefused as exc:
+            flip(tip, delivery=Delivery.UNABLE, delivery_error=str(exc))
+            report.unable += 1
+            report.errors.append(f"tip {tip.id}: {exc}")
+            continue
+        except OSError as exc:
+            failed(tip, f"cannot write the package: {exc}")
+            continue
+        tip.package_path, tip.package_sha256 = str(path), digest
+        values = {"delivery": Delivery.AVAILABLE, "package_path": str(path),
+                  "package_sha256": digest, "delivery_error": None}
+        if transport is None:
+            flip(tip, **values)
+        else:  # keep the claim: it is pushed below in this batch
+            session.execute(update(TIPS).where(TIPS.c.id == tip.id).values(**values))
+            session.commit()
+            to_push.append(tip)
+        report.available += 1
+    if transport is not None and to_push:
+        _push(transport, to_push, report, flip, failed, now)
+    return report
+
+
+def _push(transport: Transport, tips: list[ReceiverTip], report: DeliveryReport, flip, failed,  # type: ignore[no-untyped-def]
+          now: datetime) -> None:
+    uploads: dict[str, ReceiverTip] = {}
+    for tip in tips:
+        local = Path(tip.package_path or "")
+        if not local.is_file():  # the local package was lost: build it again next run
+            flip(tip, delivery=Delivery.NOT_YET, package_path=None, package_sha256=None)
+            continue
+        uploads[f"receiver-{tip.receiver_id}/{local.name}"] = tip
+    if not uploads:
+        return
+    try:
+        results = list(transport.send([Upload(local=Path(uploads[p].package_path or ""), path=p)
+                                       for p in uploads]))
+    except TransportError as exc:
+        for tip in uploads.values():
+            failed(tip, f"transport: {exc}")
+        return
+    for result in results:
+        tip = uploads[result.upload.path]
+        if not result.ok:
+            failed(tip, f"transport: {result.error}")
+        elif result.sha256 is not None and result.sha256 != tip.package_sha256:
+            failed(tip, f"target holds sha256 {result.sha256}, package is {tip.package_sha256}")
+        else:
+            flip(tip, delivery=Delivery.PERFORMED, delivered_at=now, delivery_error=None)
+            report.performed += 1
