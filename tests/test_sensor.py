@@ -65,12 +65,19 @@ def sensor(sqlite_url: str, folder: Path, emitted: list) -> Iterator[FolderSenso
 
 def test_a_closed_file_is_ready_at_once(sensor: FolderSensor, sqlite_url: str,
                                         folder: Path) -> None:
-    write(folder, "sub/new.txt", "hello")
+    write(folder, "new.txt", "hello")
 
     def ready() -> bool:
         found = rows(sqlite_url)
-        return [(r.kind, r.path, r.not_before) for r in found] == [("send", "sub/new.txt", None)]
+        return [(r.kind, r.path, r.not_before) for r in found] == [("send", "new.txt", None)]
     wait_for(ready)
+
+
+def test_a_file_in_a_new_folder_is_queued(sensor: FolderSensor, sqlite_url: str,
+                                          folder: Path) -> None:
+    # written before the new folder's watch exists: reported as created (maybe no close)
+    write(folder, "new/deeper/file.txt", "x")
+    wait_for(lambda: queued(sqlite_url) == [("send", "new/deeper/file.txt")])
 
 
 def test_a_file_still_open_waits_for_its_settle_time(sensor: FolderSensor, sqlite_url: str,
