@@ -18,6 +18,7 @@ from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
 
 from blocks.smtp import SmtpServer
+from blocks.targets import open_transport
 from opsflow.claim import claimer_name
 from opsflow.delivery import client, notify, packages, tips
 from opsflow.delivery.outbox import MailPolicy, SendReport, send_batch
@@ -134,16 +135,13 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
 # --- files ---------------------------------------------------------------------------------
 
 def _transport(target_block: str | None, target_folder: str | None) -> Transport | None:
-    """The target of the packages: a saved block that opens a transport, a local folder, or
-    none (packages stay `delivery available` for receivers to fetch)."""
+    """The target of the packages: a saved target block ("block-type-slug/name": an SFTP
+    server, an S3 bucket or a local folder), a local folder path, or none (packages then stay
+    `delivery available` for the receivers to fetch)."""
     if target_folder:
         return LocalTransport(target_folder)
     if target_block:
-        block: Any = Block.load(target_block)
-        for method in ("transport", "open_transport", "get_transport"):
-            if hasattr(block, method):
-                return getattr(block, method)()
-        raise ValueError(f"block {target_block!r} cannot open a transport")
+        return open_transport(Block.load(target_block))
     return None
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from blocks.local_folder import LocalFolder
 from blocks.smtp import SmtpServer, default_blocks
 from flows.delivery import (
     create_tips,
@@ -60,8 +61,10 @@ def test_submissions_to_tips_to_mails_to_packages(store_url: str, smtp, prefect_
     assert len(smtp.handler.messages) == 8
     assert send_mail(database_url=store_url, smtp_block=block)["claimed"] == 0
 
+    target = f"opsflow-local-folder/{block}"
+    LocalFolder(path=str(tmp_path / "target")).save(block, overwrite=True)
     delivered = deliver_files(database_url=store_url, package_folder=str(tmp_path / "pk"),
-                              target_folder=str(tmp_path / "target"))
+                              target_block=target)
     assert delivered["performed"] == 2 and delivered["no_data"] == 0
     with sessions(store_url)() as session:
         rows = session.scalars(select(ReceiverTip)).all()
