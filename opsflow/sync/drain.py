@@ -18,6 +18,7 @@ from opsflow.claim import claimer_name
 from opsflow.sync import queue
 from opsflow.sync.engine import apply_batch, check_max_delete
 from opsflow.sync.queue import Outcome
+from opsflow.sync.sweep import sweep_temp_files
 from opsflow.sync.tree import MappingSettings, differences, scan, seed_intents
 from opsflow.transports.base import Transport
 
@@ -41,6 +42,7 @@ class Tally:
         for outcome in outcomes:
             if outcome.status == "done":
                 self.done.append(outcome)
+                self.deleted_files += outcome.kind == "delete"
             elif outcome.status == "failed":
                 self.failed.append(outcome)
             else:
@@ -54,19 +56,20 @@ class Tally:
                 "skipped": self.skipped, "failed": len(self.failed)}
 
 
-def prepare(url: str, settings: MappingSettings, transport: Transport, *, full: bool) -> int:
+def prepare(url: str, settings: MappingSettings, transport: Transport, *, full: bool,
+            after_crash: bool = False) -> int:
     """Seed a never-synced mapping, and with `full` enqueue what differs from the remote.
 
     Returns how many actions it queued. The full compare repairs what the sensor missed
-    (downtime, an inotify overflow); stale temporary files of crashed sends are swept.
+    (downtime, an inotify overflow). After a crashed drain, or in a full run, temporary
+    files of interrupted sends are swept first.
     """
     queued = 0
+    if full or after_crash:
+        sweep_temp_files(transport)
     if not queue.is_seeded(url, settings.name):
         queued += queue.seed(url, settings.name, seed_intents(settings))
     if full:
-        sweep = getattr(transport, "sweep_temp_files", None)
-        if callable(sweep):
-            sweep()
         checksum = None
         if settings.compare == "checksum":
             from opsflow.transports.local import file_sha256
@@ -79,7 +82,7 @@ def prepare(url: str, settings: MappingSettings, transport: Transport, *, full: 
 
 
 def run_batch(url: str, settings: MappingSettings, transport: Transport, ids: Sequence[int],
-              *, claimer: str, tally: Tally | None = None) -> list[Outcome]:
+              *, claimer: str, already_deleted: int = 0) -> list[Outcome]:
     """Apply the claimed actions `ids`, flipping each marker after the target confirmed it.
 
     Markers are flushed a few times a second (one transaction each), and the lease of the
@@ -112,23 +115,20 @@ def run_batch(url: str, settings: MappingSettings, transport: Transport, ids: Se
 
     if any(row.kind == "delete" for row in rows):
         # Every pending delete of the run is counted before the first one is applied.
-        check_deletes_up_front(url, settings, transport, tally or Tally())
+        check_deletes_up_front(url, settings, transport, already_deleted)
     try:
         outcomes = apply_batch(transport, rows, settings, on_outcome)
     finally:
         flush()
-    if tally is not None:
-        tally.add(outcomes)
-        tally.deleted_files += sum(1 for o in outcomes if o.kind == "delete" and o.status == "done")
     return outcomes
 
 
 def check_deletes_up_front(url: str, settings: MappingSettings, transport: Transport,
-                           tally: Tally) -> None:
+                           already_deleted: int) -> None:
     """Every pending delete of the mapping counted before any is applied (max_delete)."""
     if settings.complete_sync:
         check_max_delete(transport, queue.pending_deletes(url, settings.name),
-                         already=tally.deleted_files, settings=settings)
+                         already=already_deleted, settings=settings)
 
 
 def drain(url: str, settings: MappingSettings, open_transport: Callable[[], Transport], *,
@@ -136,20 +136,23 @@ def drain(url: str, settings: MappingSettings, open_transport: Callable[[], Tran
           batch: int = BATCH) -> Tally:
     """Drain without Prefect: prepare, then batches until nothing is due for `linger` s."""
     claimer = claimer_name("sync-")
+    after_crash = queue.drain_left_behind(url, settings.name)
     queue.reclaim_dead_leases(url, settings.name)
+    if not queue.acquire_drain(url, settings.name, claimer, lease=LEASE):
+        raise RuntimeError(f"a drain of {settings.name!r} is running already")
     transport = open_transport()
     tally = Tally()
     try:
-        prepare(url, settings, transport, full=full)
+        prepare(url, settings, transport, full=full, after_crash=after_crash)
         idle_since = time.monotonic()
-        check_deletes_up_front(url, settings, transport, tally)
+        check_deletes_up_front(url, settings, transport, tally.deleted_files)
         while True:
             rows = queue.claim_actions(url, settings.name, claimer=claimer, limit=batch,
                                        lease=LEASE)
             if rows:
                 try:
-                    run_batch(url, settings, transport, [r.id for r in rows], claimer=claimer,
-                              tally=tally)
+                    tally.add(run_batch(url, settings, transport, [r.id for r in rows],
+                                        claimer=claimer, already_deleted=tally.deleted_files))
                 finally:
                     queue.release_actions(url, [r.id for r in rows], claimer=claimer)
                 idle_since = time.monotonic()
@@ -159,3 +162,4 @@ def drain(url: str, settings: MappingSettings, open_transport: Callable[[], Tran
                 time.sleep(poll)
     finally:
         transport.close()
+        queue.release_drain(url, settings.name, claimer)

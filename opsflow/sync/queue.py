@@ -336,6 +336,17 @@ def release_drain(url: str, mapping: str, owner: str) -> None:
             .values(drain_owner=None, drain_until=None))
 
 
+def drain_left_behind(url: str, mapping: str) -> bool:
+    """Whether the last drain of `mapping` died holding its lease (it may have left
+    temporary files on the target)."""
+    with session_scope(url) as session:
+        state = session.get(SyncState, mapping)
+        if state is None or state.drain_owner is None:
+            return False
+        expired = state.drain_until is None or state.drain_until <= utcnow()
+        return expired or dead_local_claimer(state.drain_owner)
+
+
 def drain_alive(url: str, mapping: str) -> bool:
     """Whether a sync run is draining `mapping` now (the sensor then need not wake one)."""
     with session_scope(url) as session:

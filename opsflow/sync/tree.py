@@ -13,8 +13,8 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from opsflow.sync.coalesce import DELETE, SEND, Intent
@@ -39,10 +39,10 @@ class MappingSettings:
     settle_seconds: float = 2.0
     max_delete: int = 100
     compare: str = "mtime"  # or "checksum": how a full run tells changed files
-    filters: PathFilter = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "filters", PathFilter(self.include, self.exclude))
+    @cached_property
+    def filters(self) -> PathFilter:
+        return PathFilter(self.include, self.exclude)
 
     def wants(self, rel: str) -> bool:
         return self.filters.wants(rel)
