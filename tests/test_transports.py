@@ -285,6 +285,32 @@ def test_makedirs_then_listing_of_a_prefix(target: Target, tmp_path: Path) -> No
     assert sorted(e.path for e in target.transport.listing("p")) == ["p/x", "p/y/z"]
 
 
+@pytest.mark.parametrize("kind", ["local", "sftp"])
+def test_leftover_temporary_files_are_swept_where_we_write(kind: str, tmp_path: Path,
+                                                          request: pytest.FixtureRequest) -> None:
+    """A run cut off mid-file leaves a temporary file; the next send into that folder
+    removes it."""
+    target: Target = request.getfixturevalue(f"{kind}_target")
+    source = tmp_path / "s"
+    source.mkdir()
+    send_all(target.transport, make_files(source, ["a/one", "b/two"]))
+    target.transport.close()
+    # what a killed run leaves: a partial file under a temporary name
+    root = tmp_path / "target" / "base" if kind == "local" else tmp_path / "remote"
+    (root / "a" / f"{TEMP_PREFIX}deadbeef").write_bytes(b"half")
+    (root / "b" / f"{TEMP_PREFIX}cafe").write_bytes(b"half")
+    transport = (open_transport(LocalFolder(path=str(tmp_path / "target")), "base")
+                 if kind == "local" else
+                 SftpTransport(sftp_settings(request.getfixturevalue("sshd")), str(root)))
+    try:
+        send_all(transport, make_files(source, ["a/three"]))
+        assert "a/" + TEMP_PREFIX + "deadbeef" not in [e.path for e in transport.listing()]
+    finally:
+        transport.close()
+    assert sorted(tree_of(root)) == [b"a/one", b"a/three", f"b/{TEMP_PREFIX}cafe".encode(),
+                                     b"b/two"]
+
+
 # --- local specifics -------------------------------------------------------------------------
 
 def test_local_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:

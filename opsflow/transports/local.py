@@ -50,6 +50,7 @@ class LocalTransport:
 
     def __init__(self, base: Path | str) -> None:
         self.base = Path(base)
+        self._swept: set[Path] = set()
         try:
             self.base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -67,6 +68,18 @@ class LocalTransport:
         for upload in uploads:
             yield self._send_one(upload)
 
+    def _sweep(self, folder: Path) -> None:
+        """Remove temporary files an earlier, cut-off run left in `folder` (once per folder
+        per transport; one drain runs per mapping at a time, so none is in use)."""
+        if folder in self._swept:
+            return
+        self._swept.add(folder)
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
     def _send_one(self, upload: Upload) -> SendResult:
         try:
             target = self._path(upload.path)
@@ -76,6 +89,7 @@ class LocalTransport:
         digest = hashlib.sha256()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            self._sweep(target.parent)
             with open(upload.local, "rb") as source, open(temp, "xb") as sink:
                 while chunk := source.read(CHUNK):
                     digest.update(chunk)

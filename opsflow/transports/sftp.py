@@ -361,6 +361,7 @@ class SftpTransport:
         self._wires: list[w.Wire] = []
         self._wires_lock = threading.Lock()
         self._known_dirs: set[str] = set()
+        self._swept: set[str] = set()  # folders cleared of leftover temporary files
         self._dirs_lock = threading.Lock()
         self._broken: str | None = None
         self._wires.append(self._unavailable_guard(lambda: connect(settings)))
@@ -396,11 +397,16 @@ class SftpTransport:
 
     # --- folders -------------------------------------------------------------------------
 
-    def makedirs_remote(self, wire: w.Wire, *folders: str) -> None:
-        """Create folders and their parents, one pipelined round per depth level."""
+    def makedirs_remote(self, wire: w.Wire, *folders: str) -> set[str]:
+        """Create folders and their parents, one pipelined round per depth level.
+
+        Returns those of `folders` that were there already (so may hold leftovers)."""
         needed: set[str] = set()
+        existed = set()
         with self._dirs_lock:
             for folder in folders:
+                if folder in self._known_dirs:
+                    existed.add(folder)
                 while folder not in ("", "/", ".") and folder not in self._known_dirs:
                     needed.add(folder)
                     folder = posixpath.dirname(folder)
@@ -408,11 +414,34 @@ class SftpTransport:
         for folder in needed:
             by_depth.setdefault(folder.count("/"), []).append(folder)
         for depth in sorted(by_depth):
+            level = by_depth[depth]
             ids = [wire.request(w.MKDIR, w.pack_string(w.encode_path(f)) + w.pack_attrs())
-                   for f in by_depth[depth]]
-            w.wait_all(wire, ids)  # "exists" fails harmlessly; a file in the way fails later
+                   for f in level]
+            # "exists" fails harmlessly here; a file in the way makes the upload fail later
+            for folder, reply in zip(level, w.wait_all(wire, ids), strict=True):
+                if w.Wire.status_of(reply) != w.FX_OK:
+                    existed.add(folder)
         with self._dirs_lock:
             self._known_dirs.update(needed)
+        return existed & set(folders)
+
+    def _prepare_folders(self, wire: w.Wire, folders: set[str]) -> None:
+        """Create the batch's folders; in those that existed, remove temporary files left by
+        an earlier run that was cut off (once per folder per connection session).
+
+        One drain runs per mapping at a time, so no live upload owns those files."""
+        todo = folders - self._swept
+        if not todo:
+            return
+        for folder in sorted(self.makedirs_remote(wire, *todo)):
+            try:
+                leftovers = [posixpath.join(folder, name) for name, attrs in wire.listdir(folder)
+                             if name.startswith(TEMP_PREFIX) and not attrs.is_dir]
+            except w.Status:
+                continue  # not a folder (a file in the way): the uploads will say so
+            w.wait_all(wire, [wire.request(w.REMOVE, w.pack_string(w.encode_path(f)))
+                              for f in leftovers])
+        self._swept.update(todo)
 
     def _forget_dirs(self) -> None:
         with self._dirs_lock:
@@ -430,6 +459,8 @@ class SftpTransport:
                 accepted.append(upload)
             except PathRefused as exc:
                 yield SendResult(upload, ok=False, error=f"refused: {exc}")
+        self._unavailable_guard(lambda: self._prepare_folders(
+            self.wire, {posixpath.dirname(self._remote(u.path)) for u in accepted}))
         groups = list(windows(accepted))
         workers = min(max(1, self.settings.connections), len(groups))
         if workers <= 1:

@@ -41,6 +41,7 @@ S_IFMT, S_IFDIR = 0o170000, 0o040000
 _u32 = struct.Struct(">I")
 _u64 = struct.Struct(">Q")
 _header = struct.Struct(">IBI")  # length, type, request id
+FLUSH_AT = 64 * 1024  # buffered requests go out at this size (or when a reply is awaited)
 
 
 class Link(Protocol):
@@ -155,6 +156,7 @@ class Wire:
         self.max_write = 32 * 1024
         self._next_id = 1
         self._send_lock = threading.Lock()
+        self._out = bytearray()
         self._cond = threading.Condition()
         self._replies: dict[int, Reply] = {}
         self._waiting_for = -1
@@ -195,20 +197,41 @@ class Wire:
             raise WireClosed(self._closed) from exc
 
     def request(self, kind: int, payload: bytes, data: memoryview | bytes | None = None) -> int:
-        """Send one request without waiting; returns its id. `data` is appended as a string."""
+        """Queue one request without waiting; returns its id. `data` is appended as a string.
+
+        Requests collect in a buffer that goes out when it is full or someone waits for a
+        reply: one write (and one wake-up of ssh) per many small requests.
+        """
         if self._closed:
             raise WireClosed(self._closed)
         with self._send_lock:
             request_id = self._next_id
             self._next_id = (request_id + 1) & 0xFFFFFFFF
+            out = self._out
             if data is None:
-                self._write(_header.pack(len(payload) + 5, kind, request_id) + payload)
+                out += _header.pack(len(payload) + 5, kind, request_id)
+                out += payload
             else:
-                size = len(payload) + 5 + 4 + len(data)
-                self._write(_header.pack(size, kind, request_id) + payload
-                            + _u32.pack(len(data)))
-                self._write(data)
+                out += _header.pack(len(payload) + 9 + len(data), kind, request_id)
+                out += payload
+                out += _u32.pack(len(data))
+                if len(data) < FLUSH_AT:
+                    out += data
+                else:  # big data goes straight out, uncopied
+                    self._flush_locked()
+                    self._write(data)
+            if len(out) >= FLUSH_AT:
+                self._flush_locked()
         return request_id
+
+    def _flush_locked(self) -> None:
+        if self._out:
+            data, self._out = self._out, bytearray()
+            self._write(data)
+
+    def flush(self) -> None:
+        with self._send_lock:
+            self._flush_locked()
 
     def _read_loop(self) -> None:
         buffer = bytearray()
@@ -255,6 +278,8 @@ class Wire:
         return self._closed
 
     def wait(self, request_id: int) -> Reply:
+        if self._out:
+            self.flush()
         with self._cond:
             while request_id not in self._replies:
                 if self._closed:
