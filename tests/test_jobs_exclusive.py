@@ -1,0 +1,108 @@
+"""Exclusive jobs on a real Prefect server: an exclusive run never overlaps another run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from prefect import flow, tags
+from prefect.client.orchestration import get_client
+
+from flows.jobs import ensure_job_limits, job_slot
+from opsflow.jobs import EXCLUSIVE_TAG, JOB_LIMIT
+
+HOLD = 1.5  # seconds each run keeps its slot(s)
+# Flow parameters go through the API, so runs find their rendezvous by name.
+SIGNALS: dict[str, threading.Event] = {}
+MEETINGS: dict[str, threading.Barrier] = {}
+
+
+@flow(name="opsflow-test-recorded-job")
+def recorded_job(exclusive: bool | None = None, inside: str | None = None,
+                 meet: str | None = None) -> dict[str, float]:
+    """Record when the run held its slot(s): the window nothing exclusive may overlap.
+
+    `inside` names an event set once the slots are held; `meet` a barrier that every run of
+    a group must reach while holding its slot (it breaks if they cannot all hold one).
+    """
+    with job_slot(exclusive) as held:
+        started = time.time()
+        if inside:
+            SIGNALS[inside].set()
+        if meet:
+            MEETINGS[meet].wait(timeout=60)
+        time.sleep(HOLD)
+        return {"start": started, "end": time.time(), "slots": held}
+
+
+def in_thread(call) -> tuple[threading.Thread, list[dict[str, float]]]:
+    result: list[dict[str, float]] = []
+    thread = threading.Thread(target=lambda: result.append(call()))
+    thread.start()
+    return thread, result
+
+
+def finished(*runs: tuple[threading.Thread, list[dict[str, float]]]) -> list[dict[str, float]]:
+    for thread, _ in runs:
+        thread.join(timeout=120)
+    assert all(result for _, result in runs), "a run did not finish"
+    return [result[0] for _, result in runs]
+
+
+def overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+@pytest.fixture
+def job_limit(prefect_harness: None) -> int:
+    return ensure_job_limits(3)
+
+
+def test_ensure_job_limits_creates_and_resizes_the_limit(job_limit: int) -> None:
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit == 3
+        assert ensure_job_limits(5) == 5
+        assert client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit == 5
+    ensure_job_limits(3)
+
+
+def test_ordinary_runs_share_the_limit(job_limit: int) -> None:
+    """Two ordinary runs both hold a slot at one moment: they meet inside, and overlap."""
+    MEETINGS["pair"] = threading.Barrier(2)
+    first, second = finished(in_thread(lambda: recorded_job(meet="pair")),
+                             in_thread(lambda: recorded_job(meet="pair")))
+    assert first["slots"] == second["slots"] == 1
+    assert overlap(first, second)
+
+
+def test_an_exclusive_run_waits_for_ordinary_runs_and_they_wait_for_it(job_limit: int) -> None:
+    """An ordinary run is inside; an exclusive run starts; then another ordinary run starts."""
+    SIGNALS.update(a=threading.Event(), x=threading.Event())
+    ordinary_a = in_thread(lambda: recorded_job(inside="a"))
+    assert SIGNALS["a"].wait(60)
+    exclusive = in_thread(lambda: recorded_job(exclusive=True, inside="x"))
+    assert SIGNALS["x"].wait(60)
+    ordinary_b = in_thread(recorded_job)
+    a, x, b = finished(ordinary_a, exclusive, ordinary_b)
+    assert x["slots"] == job_limit
+    assert not overlap(x, a) and x["start"] >= a["end"]
+    assert not overlap(x, b) and b["start"] >= x["end"]
+
+
+def test_a_run_tagged_exclusive_at_submission_is_exclusive(job_limit: int) -> None:
+    SIGNALS["tagged"] = threading.Event()
+
+    def tagged() -> dict[str, float]:
+        with tags(EXCLUSIVE_TAG):
+            return recorded_job(inside="tagged")
+
+    exclusive = in_thread(tagged)
+    assert SIGNALS["tagged"].wait(60)
+    ordinary = in_thread(recorded_job)
+    x, o = finished(exclusive, ordinary)
+    assert x["slots"] == job_limit
+    assert not overlap(o, x)
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(JOB_LIMIT)
+    assert limit.active_slots == 0  # every slot was given back

@@ -1,0 +1,144 @@
+"""Submitting jobs, the API lock, status while locked, and hand-back, on a real Prefect server.
+
+A submitted job is a Scheduled flow run of a deployment; the tests then run it in this
+process the way a worker would (`run_flow` on the existing flow run).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.flow_engine import run_flow
+
+from deployments.cli import main
+from flows.jobs import (
+    JOB_HOOKS,
+    Outcome,
+    lock_api,
+    read_lock,
+    read_run,
+    register_hand_back,
+    submit_job,
+    unlock_api,
+)
+from opsflow.jobs import ApiLocked, JobRequest
+
+HANDED_BACK: list[tuple[str, Outcome]] = []
+
+
+@register_hand_back("test-recorder")
+def record_outcome(key: str, outcome: Outcome) -> None:
+    HANDED_BACK.append((key, outcome))
+
+
+@flow(name="opsflow-test-job", **JOB_HOOKS)
+def sample_job(count: int = 1, fail: bool = False) -> int:
+    if fail:
+        raise RuntimeError(f"asked to fail after {count}")
+    return count * 2
+
+
+@pytest.fixture
+def deployment(prefect_harness: None) -> str:
+    """A fresh deployment of `sample_job`; its FLOW/DEPLOYMENT name."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_deployment(flow_id=client.create_flow(sample_job), name=name)
+    yield f"opsflow-test-job/{name}"
+    unlock_api()
+
+
+def execute(flow_run_id) -> str:
+    """Run a submitted flow run here, as a worker would; its final state's name."""
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+    run_flow(sample_job, flow_run=flow_run, parameters=flow_run.parameters,
+             return_type="state")
+    return read_run(flow_run_id).state.name
+
+
+def runs_of(deployment: str) -> int:
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        return len(client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+            sort=FlowRunSort.ID_DESC, limit=100))
+
+
+def test_a_submitted_job_is_a_scheduled_flow_run_with_its_options(deployment: str) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    flow_run = submit_job(JobRequest(deployment, parameters={"count": 3}, start_at=start,
+                                     exclusive=True))
+    run = read_run(flow_run.id)
+    assert run.state.name == "Scheduled"
+    assert run.expected_start_time == start
+    assert run.parameters == {"count": 3}
+    assert "opsflow:exclusive" in run.tags
+
+
+def test_locked_submissions_are_refused_status_stays_readable(deployment: str) -> None:
+    earlier = submit_job(JobRequest(deployment, parameters={"count": 2}))
+    lock_api(reason="restoring a backup", by="ops@test")
+    assert read_lock().locked
+
+    with pytest.raises(ApiLocked, match="locked since .* by ops@test: restoring a backup"):
+        submit_job(JobRequest(deployment))
+    assert runs_of(deployment) == 1  # the refused job left no run behind
+
+    # The status of a run stays readable, and a run submitted earlier still runs.
+    assert read_run(earlier.id).state.name == "Scheduled"
+    assert execute(earlier.id) == "Completed"
+
+    # A job that may run while locked is submitted and runs.
+    allowed = submit_job(JobRequest(deployment, parameters={"count": 5}, runs_when_locked=True))
+    assert execute(allowed.id) == "Completed"
+    assert read_run(allowed.id).state.is_completed()
+
+    unlock_api()
+    assert submit_job(JobRequest(deployment)).id
+    assert runs_of(deployment) == 3
+
+
+def test_completion_and_failure_are_handed_back_to_the_submitter(deployment: str) -> None:
+    HANDED_BACK.clear()
+    done = submit_job(JobRequest(deployment, parameters={"count": 4}, hand_back="test-recorder:a"))
+    failed = submit_job(JobRequest(deployment, parameters={"fail": True},
+                                   hand_back="test-recorder:b"))
+    assert execute(done.id) == "Completed"
+    assert execute(failed.id) == "Failed"
+    outcomes = {key: outcome for key, outcome in HANDED_BACK}
+    assert outcomes["a"].succeeded and outcomes["a"].flow_run_id == done.id
+    assert not outcomes["b"].succeeded and outcomes["b"].state == "Failed"
+    assert "asked to fail after 1" in outcomes["b"].message
+
+
+def test_the_cli_submits_locks_and_reads_status(deployment: str, capsys) -> None:
+    assert main(["jobs", "submit", deployment, "--param", "count=7",
+                 "--start-at", "2030-01-01T02:00:00Z"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    run_id = out[0].split()[2]
+    assert "scheduled for 2030-01-01T02:00:00+00:00" in out[0]
+    assert out[1].endswith(f"/runs/flow-run/{run_id}")
+
+    assert main(["jobs", "lock", "--reason", "upgrade"]) == 0
+    assert main(["jobs", "submit", deployment]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("opsflow: submissions are locked since")
+    assert main(["jobs", "status", run_id]) == 0
+    status = capsys.readouterr().out
+    assert "state: Scheduled" in status and "expected start: 2030-01-01T02:00:00+00:00" in status
+
+    assert main(["jobs", "submit", deployment, "--runs-when-locked"]) == 0
+    assert main(["jobs", "status"]) == 0
+    assert "submissions are locked" in capsys.readouterr().out
+    assert main(["jobs", "unlock"]) == 0
+    assert main(["jobs", "submit", deployment, "--start-at", "2030-01-01T02:00:00"]) == 1
+    assert "has no time zone" in capsys.readouterr().err
+    assert main(["jobs", "submit", "opsflow-test-job/no-such-deployment"]) == 1
+    assert "does not exist" in capsys.readouterr().err
