@@ -306,11 +306,13 @@ def connect(settings: SftpSettings) -> w.Wire:
                              "server's key (`ssh-keyscan`, checked out of band)")
     engine = settings.engine
     if engine == "auto":
-        engine = "openssh" if settings.private_key and shutil.which("ssh") else "paramiko"
+        engine = ("openssh" if settings.private_key and not settings.passphrase
+                  and shutil.which("ssh") else "paramiko")
     if engine == "openssh":
-        if not settings.private_key:
-            raise TransportError("the openssh engine needs a private key; passwords go "
-                                 "through the paramiko engine")
+        if not settings.private_key or settings.passphrase:
+            raise TransportError("the openssh engine needs a private key without a "
+                                 "passphrase; passwords and passphrases go through the "
+                                 "paramiko engine")
         return open_openssh(settings, pinned)
     if engine == "paramiko":
         link = open_paramiko(settings, pinned)
@@ -358,13 +360,13 @@ class SftpTransport:
     def __init__(self, settings: SftpSettings, remote_base: str = "") -> None:
         self.settings = settings
         self.base = remote_base.rstrip("/") if remote_base not in ("", "/") else remote_base
-        self._wires: list[w.Wire] = []
+        self._wires: dict[int, w.Wire] = {}
         self._wires_lock = threading.Lock()
         self._known_dirs: set[str] = set()
         self._swept: set[str] = set()  # folders cleared of leftover temporary files
         self._dirs_lock = threading.Lock()
         self._broken: str | None = None
-        self._wires.append(self._unavailable_guard(lambda: connect(settings)))
+        self._wires[0] = self._unavailable_guard(lambda: connect(settings))
         if self.base:
             self.makedirs_remote(self._wires[0], self.base)
 
@@ -387,10 +389,14 @@ class SftpTransport:
         return self._wires[0]
 
     def _wire(self, index: int) -> w.Wire:
+        """Connection `index` (0 is the first), opened on first use; kept for later batches."""
         with self._wires_lock:
-            while len(self._wires) <= index:
-                self._wires.append(connect(self.settings))
-            return self._wires[index]
+            if index in self._wires:
+                return self._wires[index]
+        wire = connect(self.settings)  # outside the lock: extra connections open in parallel
+        with self._wires_lock:
+            self._wires[index] = wire
+        return wire
 
     def _remote(self, path: str) -> str:
         return remote_join(self.base, path)
@@ -479,7 +485,12 @@ class SftpTransport:
 
         def work(index: int) -> None:
             try:
-                wire = self._wire(index)
+                try:
+                    wire = self._wire(index)
+                except TransportError:
+                    if index == 0:
+                        raise
+                    return  # an extra connection refused (server's session limit): do without
                 while not stop.is_set():
                     try:
                         group = todo.get_nowait()
@@ -703,7 +714,7 @@ class SftpTransport:
 
     def close(self) -> None:
         with self._wires_lock:
-            wires, self._wires = self._wires, []
+            wires, self._wires = list(self._wires.values()), {}
         for wire in wires:
             with contextlib.suppress(Exception):
                 wire.close()

@@ -159,7 +159,7 @@ class Wire:
         self._out = bytearray()
         self._cond = threading.Condition()
         self._replies: dict[int, Reply] = {}
-        self._waiting_for = -1
+        self._awaited: set[int] = set()  # ids some thread is blocked on
         self._closed: str | None = None
         self._version_reply: Reply | None = None
         self._reader = threading.Thread(target=self._read_loop, name="sftp-reader", daemon=True)
@@ -264,7 +264,7 @@ class Wire:
         body.pos = 4
         with self._cond:
             self._replies[request_id] = Reply(kind, body)
-            if request_id == self._waiting_for:
+            if request_id in self._awaited:
                 self._cond.notify_all()
 
     def _fail(self, why: str) -> None:
@@ -281,15 +281,18 @@ class Wire:
         if self._out:
             self.flush()
         with self._cond:
-            while request_id not in self._replies:
-                if self._closed:
-                    raise WireClosed(self._closed)
-                self._waiting_for = request_id
-                if not self._cond.wait(self.timeout) and request_id not in self._replies:
+            self._awaited.add(request_id)
+            try:
+                while request_id not in self._replies:
                     if self._closed:
                         raise WireClosed(self._closed)
-                    raise WireTimeout(f"no SFTP reply in {self.timeout:g}s")
-            return self._replies.pop(request_id)
+                    if not self._cond.wait(self.timeout) and request_id not in self._replies:
+                        if self._closed:
+                            raise WireClosed(self._closed)
+                        raise WireTimeout(f"no SFTP reply in {self.timeout:g}s")
+                return self._replies.pop(request_id)
+            finally:
+                self._awaited.discard(request_id)
 
     def close(self) -> None:
         self._fail("closed")
