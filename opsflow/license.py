@@ -21,6 +21,7 @@ from sqlalchemy import Date, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from opsflow.delivery.outbox import enqueue
 from opsflow.store import Base, BigId, UTCDateTime, utcnow
 
 DEFAULT_WARNING_DAYS = (30, 14, 7, 1)
@@ -176,3 +177,25 @@ def warning_mail(terms: LicenseTerms, assessment: Assessment) -> tuple[str, str]
         lines.append(f"A renewed license can be fetched from {terms.refresh_url}.")
     lines.append("Once the license block holds the new expiry, these warnings stop.")
     return subject, "\n".join(lines) + "\n"
+
+
+def warning_key(terms: LicenseTerms, step: int) -> str:
+    """The outbox key of one step's warning: the same on every rerun, so queued once."""
+    return f"license-warning:{terms.holder}:{terms.expires_on.isoformat()}:{step}"
+
+
+def warn_ops(session: Session, terms: LicenseTerms, assessment: Assessment, *,
+             ops_email: str, now: datetime | None = None) -> LicenseWarning | None:
+    """Record the due warning and queue its mail to OPS, in the caller's transaction.
+
+    Both or neither: the record and the outbox row commit together, and the outbox sends it
+    exactly once. None when this step was already warned about (nothing is queued again).
+    """
+    warning = record_warning(session, terms, assessment, now=now)
+    if warning is None:
+        return None
+    key = warning_key(terms, warning.step_days)
+    subject, body = warning_mail(terms, assessment)
+    enqueue(session, [{"key": key, "recipient": ops_email, "subject": subject, "body": body}])
+    warning.channel = f"outbox:{key}"
+    return warning

@@ -1,0 +1,62 @@
+"""`check_license`, daily: warn OPS at set steps before the license expires; fail when expired.
+
+A warning is recorded and its mail queued to OPS in one transaction (the mail outbox sends
+it); a step already warned about for this expiry is not warned about again. An expired
+license makes the run fail with a message naming the holder, the date and where to renew.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from blocks.license import License
+from flows.jobs import job_slot
+from opsflow.license import (
+    LicenseExpired,
+    LicenseSettings,
+    LicenseTerms,
+    Standing,
+    assess,
+    warn_ops,
+)
+from opsflow.settings import get_settings
+from opsflow.store import session_scope, utcnow
+
+LICENSE_BLOCK = "opsflow-license"
+
+
+@task(name="warn-ops-about-license")
+def warn_ops_task(terms: LicenseTerms, today: date, steps: tuple[int, ...]) -> bool:
+    """Record and queue the due warning; False when it was given before."""
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        warning = warn_ops(session, terms, assess(terms, today, steps),
+                           ops_email=settings.ops_email)
+    return warning is not None
+
+
+@flow(name="check-license")
+def check_license(block_name: str = LICENSE_BLOCK, today: date | None = None) -> str:
+    """Where the license stands; warns OPS once per step, fails the run once expired."""
+    logger = get_run_logger()
+    with job_slot():
+        terms = License.load(block_name).terms()
+        today = today or utcnow().date()
+        steps = LicenseSettings().license_warning_days
+        assessment = assess(terms, today, steps)
+        summary = assessment.summary(terms)
+        if assessment.standing is Standing.EXPIRED:
+            raise LicenseExpired(summary)
+        if assessment.standing is Standing.WARN:
+            if warn_ops_task(terms, today, steps):
+                logger.warning("%s; OPS warned", summary)
+                create_markdown_artifact(key="license-warning", markdown=f"**{summary}**",
+                                         description="License expiry warning sent to OPS")
+            else:
+                logger.info("%s; OPS was already warned at this step", summary)
+        else:
+            logger.info(summary)
+    return summary
