@@ -310,6 +310,16 @@ def test_leftover_temporary_files_are_swept_where_we_write(kind: str, tmp_path: 
     assert sorted(tree_of(root)) == [b"a/one", b"a/three", f"b/{TEMP_PREFIX}cafe".encode(),
                                      b"b/two"]
 
+    # a full run sweeps the whole tree
+    transport = (open_transport(LocalFolder(path=str(tmp_path / "target")), "base")
+                 if kind == "local" else
+                 SftpTransport(sftp_settings(request.getfixturevalue("sshd")), str(root)))
+    try:
+        assert transport.sweep_temp_files() == 1  # type: ignore[attr-defined]
+    finally:
+        transport.close()
+    assert sorted(tree_of(root)) == [b"a/one", b"a/three", b"b/two"]
+
 
 # --- local specifics -------------------------------------------------------------------------
 

@@ -170,5 +170,16 @@ class LocalTransport:
         except OSError as exc:
             raise TransportError(f"cannot read {path!r}: {exc}") from exc
 
+    def sweep_temp_files(self) -> int:
+        """Remove every temporary file under the base (left by cut-off runs); how many."""
+        removed = 0
+        for folder, _dirs, files in os.walk(self.base):
+            for name in files:
+                if name.startswith(TEMP_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+        return removed
+
     def close(self) -> None:
         pass

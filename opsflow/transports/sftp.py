@@ -712,6 +712,30 @@ class SftpTransport:
 
         return self._call(run)
 
+    def sweep_temp_files(self) -> int:
+        """Remove every temporary file under the base (left by cut-off runs); how many."""
+        top = self.base or "."
+
+        def run() -> int:
+            wire = self.wire
+            if wire.stat(top) is None:
+                return 0
+            found: list[str] = []
+            folders = [top]
+            while folders:
+                folder = folders.pop()
+                for name, attrs in wire.listdir(folder):
+                    full = name if folder == "." else posixpath.join(folder, name)
+                    if attrs.is_dir:
+                        folders.append(full)
+                    elif name.startswith(TEMP_PREFIX):
+                        found.append(full)
+            w.wait_all(wire, [wire.request(w.REMOVE, w.pack_string(w.encode_path(f)))
+                              for f in found])
+            return len(found)
+
+        return self._call(run)
+
     def close(self) -> None:
         with self._wires_lock:
             wires, self._wires = list(self._wires.values()), {}
