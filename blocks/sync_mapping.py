@@ -103,6 +103,21 @@ class SyncMapping(Block):
         return open_transport(self.target, self.remote_base)
 
 
+def mapping_names() -> list[str]:
+    """Names of every saved SyncMapping block."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            documents = client.read_block_documents_by_type(
+                block_type_slug=SyncMapping.get_block_type_slug(), include_secrets=False)
+        except Exception as exc:  # noqa: BLE001 - the type is registered on first save
+            if "404" in str(exc) or "not found" in str(exc).lower():
+                return []
+            raise
+    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
+
+
 def default_blocks(data_dir: Path | None = None) -> dict[str, Block]:
     """The demo mapping `opsflow up` saves: data/demo/outbox mirrored to data/demo/remote."""
     from opsflow.settings import get_settings

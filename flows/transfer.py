@@ -20,7 +20,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from blocks.sync_mapping import SyncMapping
+from blocks.sync_mapping import SyncMapping, mapping_names
 from opsflow.claim import claimer_name
 from opsflow.settings import get_settings
 from opsflow.store import utcnow
@@ -173,6 +173,19 @@ def sync_folder(mapping: str, full: bool = False, linger: float = 3.0,
         update_progress_artifact(progress, 100.0)
     logger.info("Sync of %s: %s", mapping, counts)
     return counts
+
+
+@flow(name="sync-all-folders")
+def sync_all_folders(full: bool = True, database_url: str | None = None) -> dict[str, Any]:
+    """The safety net on an interval: every saved mapping once, by default with a full
+    compare (which repairs events lost to sensor downtime or an inotify overflow)."""
+    results: dict[str, Any] = {}
+    for name in mapping_names():
+        state = sync_folder(name, full=full, linger=0, database_url=database_url,
+                            return_state=True)
+        results[name] = state.result(raise_on_failure=False) if state.is_completed() \
+            else state.message
+    return results
 
 
 def _drain(url: str, settings: MappingSettings, connection: TargetConnection, owner: str,

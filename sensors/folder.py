@@ -223,23 +223,6 @@ class FolderSensor(FileSystemEventHandler):
             self._flusher.join(timeout=30)
 
 
-def mapping_names() -> list[str]:
-    """Names of every saved SyncMapping block."""
-    from prefect.client.orchestration import get_client
-
-    from blocks.sync_mapping import SyncMapping
-
-    with get_client(sync_client=True) as client:
-        try:
-            documents = client.read_block_documents_by_type(
-                block_type_slug=SyncMapping.get_block_type_slug(), include_secrets=False)
-        except Exception as exc:  # noqa: BLE001 - the type is registered on first save
-            if "404" in str(exc) or "not found" in str(exc).lower():
-                return []
-            raise
-    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
-
-
 def start_sensors(names: Sequence[str] | None = None, *, database_url: str | None = None,
                   emit: Emit | None = emit_prefect_event) -> Callable[[], None]:
     """Start a sensor per SyncMapping block (all of them by default); returns the stopper.
@@ -247,7 +230,7 @@ def start_sensors(names: Sequence[str] | None = None, *, database_url: str | Non
     A mapping whose folder is missing is reported and skipped: creating it could make an
     unmounted disk look like a folder whose files were all deleted.
     """
-    from blocks.sync_mapping import SyncMapping
+    from blocks.sync_mapping import SyncMapping, mapping_names
     from opsflow.settings import get_settings
 
     url = database_url or get_settings().database_url

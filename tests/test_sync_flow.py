@@ -227,3 +227,26 @@ def test_kill_9_mid_batch_then_a_new_run_leaves_remote_equal_to_local(
     assert counts["failed"] == 0
     assert tree(sftp_root) == tree(local)  # nothing lost, no temporary file left
     assert queue.pending_summary(sqlite_url, "flow-kill")[0] == 0
+
+
+def test_start_sensors_watches_saved_mappings_by_name(sqlite_url: str, tmp_path: Path) -> None:
+    from blocks.sync_mapping import mapping_names
+    from sensors.folder import start_sensors
+
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    save_mapping("flow-sensed", local, LocalFolder(path=str(remote)), exclude=["*.part"])
+    assert "flow-sensed" in mapping_names()
+    woken: list[tuple[str, int]] = []
+    stop = start_sensors(["flow-sensed"], database_url=sqlite_url,
+                         emit=lambda name, n: woken.append((name, n)))
+    try:
+        write(local, "ignored.part", "p")
+        write(local, "wanted.txt", "w")
+        deadline = time.monotonic() + 10
+        while not woken and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop()
+    assert woken and woken[0][0] == "flow-sensed"
+    assert [(r.kind, r.path) for r in queue.pending_deletes(sqlite_url, "flow-sensed")] == []
+    assert queue.pending_summary(sqlite_url, "flow-sensed")[0] == 1
