@@ -346,7 +346,11 @@ def windows(uploads: Sequence[Upload]) -> Iterator[list[Upload]]:
     size = 0
     for upload in uploads:
         window.append(upload)
-        size += upload.size if upload.size is not None else 0
+        if upload.size is not None:
+            size += upload.size
+        else:
+            with contextlib.suppress(OSError):
+                size += os.stat(upload.local).st_size
         if len(window) >= WINDOW_FILES or size >= WINDOW_BYTES:
             yield window
             window, size = [], 0
