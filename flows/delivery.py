@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
 
@@ -21,7 +25,7 @@ from blocks.smtp import SmtpServer
 from blocks.targets import open_transport
 from opsflow.claim import claimer_name
 from opsflow.delivery import client, notify, packages, tips
-from opsflow.delivery.outbox import MailPolicy, SendReport, send_batch
+from opsflow.delivery.outbox import MailPolicy, SendReport, due_count, send_batch
 from opsflow.delivery.smtp import SmtpUnavailable
 from opsflow.settings import get_settings
 from opsflow.store import sessions
@@ -120,10 +124,15 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
     policy = MailPolicy(max_attempts=max_attempts, hourly_limit=hourly_limit,
                         backoff_base=timedelta(seconds=backoff_base_s),
                         backoff_max=timedelta(seconds=backoff_max_s))
+    with sessions(url)() as session:
+        ahead = due_count(session, now)
+    progress = create_progress_artifact(0.0, key="send-mail-progress",
+                                        description=f"{ahead} mails due at the start")
     total = SendReport()
     while True:
         report = send_mail_batch(url, smtp_block, claimer, batch_size, policy, now)
         total.add(report)
+        update_progress_artifact(progress, min(100.0, 100.0 * total.claimed / max(ahead, 1)))
         if report.claimed < batch_size:
             break
     figures = {k: v for k, v in vars(total).items() if k != "errors"}

@@ -147,6 +147,19 @@ def test_one_bad_mail_never_blocks_the_rest(store_url: str, picky_smtp) -> None:
     assert by_key["k1"].status == MailStatus.FAILED and "no such user" in by_key["k1"].last_error
 
 
+def test_a_mail_smtp_cannot_carry_is_counted_and_the_rest_go_out(store_url: str,
+                                                                 smtp) -> None:
+    with session_scope(store_url) as session:
+        enqueue(session, [{"key": "a", "recipient": "ok1@x.org", "subject": "s", "body": "b"},
+                          {"key": "b", "recipient": "jürgen@x.org", "subject": "s", "body": "b"},
+                          {"key": "c", "recipient": "ok2@x.org", "subject": "s", "body": "b"}])
+    report = send(store_url, smtp.port, policy=MailPolicy(max_attempts=1))
+    assert (report.sent, report.failed) == (2, 1)
+    assert sorted(to[0] for _, to in smtp.handler.envelopes) == ["ok1@x.org", "ok2@x.org"]
+    bad = {m.key: m for m in mails(store_url)}["b"]
+    assert bad.status == MailStatus.FAILED and "UnicodeEncodeError" in bad.last_error
+
+
 def test_smtp_down_backs_off_counts_attempts_gives_up_and_sends_when_back(
         store_url: str) -> None:
     server = SmtpServer()  # ours, so that it can be down

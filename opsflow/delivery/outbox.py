@@ -15,6 +15,7 @@ the batch instead of blocking the queue.
 from __future__ import annotations
 
 import hashlib
+import smtplib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -313,6 +314,11 @@ def due(now: datetime):  # type: ignore[no-untyped-def]
     return and_(OutgoingMail.status == MailStatus.PENDING, OutgoingMail.next_attempt_at <= now)
 
 
+def due_count(session: Session, now: datetime | None = None) -> int:
+    """How many mails are due now: what a run has ahead of it, for its progress."""
+    return session.scalar(select(func.count()).where(due(now or utcnow()))) or 0
+
+
 class _Writer:
     """Writes the outcomes in order on a connection of its own, in one background thread.
 
@@ -425,6 +431,17 @@ def send_batch(
                 down = str(exc)
                 report.errors.append(down)
                 writer.submit(outcomes.retry, unit, down, now_)
+                report.failed += gives_up
+                report.retried += 1
+                continue
+            except (ValueError, LookupError, smtplib.SMTPException) as exc:
+                # A mail the client side cannot even send (an address SMTP cannot carry, an
+                # EML that does not parse): it is retried to its cap like any failure, and
+                # the connection, in an unknown state now, is opened afresh for the rest.
+                sender.abandon()
+                error = f"cannot send: {type(exc).__name__}: {exc}"
+                writer.submit(outcomes.retry, unit, error, now_)
+                report.errors.append(f"{unit.key}: {error}")
                 report.failed += gives_up
                 report.retried += 1
                 continue

@@ -102,6 +102,10 @@ class MailSender:
                 self._smtp.close()
             self._smtp = None
 
+    def abandon(self) -> None:
+        """Close the connection without a goodbye; the next send opens a new one."""
+        self._drop()
+
     def _drop(self) -> None:
         if self._smtp is not None:
             self._smtp.close()
