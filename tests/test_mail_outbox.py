@@ -256,3 +256,29 @@ def test_a_queued_key_is_never_queued_twice(store_url: str) -> None:
     with pytest.raises(ValueError, match="needs a key and a recipient"):
         with session_scope(store_url) as session:
             enqueue(session, [{"key": "", "recipient": "x@y"}])
+
+
+def test_a_digest_retried_keeps_its_message_id(store_url: str, smtp) -> None:
+    t0 = utcnow()
+    with session_scope(store_url) as session:
+        enqueue(session, [{"key": f"d{i}", "recipient": "r@x.org", "subject": f"s{i}",
+                           "body": "b", "digest": True, "next_attempt_at": t0}
+                          for i in range(3)])
+    smtp.handler.refuse_with = "451 4.3.0 try later"
+    assert send(store_url, smtp.port, now=t0).retried == 1
+    assert {m.digest_key for m in mails(store_url)} == {"digest:d0"}
+    smtp.handler.refuse_with = None
+    report = send(store_url, smtp.port, now=t0 + timedelta(hours=1))
+    assert (report.sent, report.digested) == (1, 3)
+    [digest] = smtp.handler.messages
+    assert digest["Message-ID"] == message_id("digest:d0", "example.org")
+
+
+def test_raw_eml_goes_as_it_is_with_a_message_id_from_its_key(store_url: str, smtp) -> None:
+    eml = b"From: desk@example.org\r\nTo: c@example.com\r\nSubject: raw\r\n\r\nbody\r\n"
+    with session_scope(store_url) as session:
+        enqueue(session, [{"key": "raw-1", "recipient": "c@example.com", "raw_eml": eml}])
+    assert send(store_url, smtp.port).sent == 1
+    [message] = smtp.handler.messages
+    assert message["Subject"] == "raw" and message["From"] == "desk@example.org"
+    assert message["Message-ID"] == message_id("raw-1", "example.org")
