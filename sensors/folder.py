@@ -282,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("sensor ready", flush=True)
     done.wait()
     stop()
+    if args.local_folder:
+        print(f"sensor stopped: {sensor.events_seen} events, {sensor.intents_flushed} intents "
+              "written", flush=True)
     return 0
 
 
