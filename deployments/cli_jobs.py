@@ -9,14 +9,32 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from typing import NoReturn
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class JobCommandError(RuntimeError):
+    """A jobs command could not do its work; shown as one line on stderr, exit status 1."""
 
 
 def _fail(message: str) -> NoReturn:
-    # Imported here: deployments.cli imports this module to register the command group.
-    from deployments.cli import CommandError
+    raise JobCommandError(message)
 
-    raise CommandError(message)
+
+def _one_line_errors(handler: Handler) -> Handler:
+    """Print a refused command as one line and return 1, as `deployments.cli.main` does."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except JobCommandError as exc:
+            print(f"opsflow: {exc}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -111,13 +129,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("--runs-when-locked", action="store_true",
                         help="submit and run even while submissions are locked")
     submit.add_argument("--tag", action="append", default=[], help="an extra tag on the run")
-    submit.set_defaults(handler=_submit)
+    submit.set_defaults(handler=_one_line_errors(_submit))
 
     lock = sub.add_parser("lock", help="refuse new submissions (status stays readable)")
     lock.add_argument("--reason", default="", help="shown to whoever is refused")
-    lock.set_defaults(handler=_lock)
+    lock.set_defaults(handler=_one_line_errors(_lock))
     unlock = sub.add_parser("unlock", help="accept submissions again")
-    unlock.set_defaults(handler=_unlock)
+    unlock.set_defaults(handler=_one_line_errors(_unlock))
     status = sub.add_parser("status", help="a job's state, or the lock and the job limit")
     status.add_argument("run_id", nargs="?", metavar="RUN_ID", help="flow run id")
-    status.set_defaults(handler=_status)
+    status.set_defaults(handler=_one_line_errors(_status))

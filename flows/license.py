@@ -28,6 +28,18 @@ from opsflow.store import session_scope, utcnow
 LICENSE_BLOCK = "opsflow-license"
 
 
+def load_license(block_name: str) -> License:
+    """The license block, or one clear message when it was never saved."""
+    try:
+        return License.load(block_name)
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise
+        raise LookupError(
+            f"no license block named {block_name!r}: save an 'opsflow license' block (holder, "
+            "key, expiry, refresh URL) in the Prefect UI or with License(...).save()") from None
+
+
 @task(name="warn-ops-about-license")
 def warn_ops_task(terms: LicenseTerms, today: date, steps: tuple[int, ...]) -> bool:
     """Record and queue the due warning; False when it was given before."""
@@ -43,7 +55,7 @@ def check_license(block_name: str = LICENSE_BLOCK, today: date | None = None) ->
     """Where the license stands; warns OPS once per step, fails the run once expired."""
     logger = get_run_logger()
     with job_slot():
-        terms = License.load(block_name).terms()
+        terms = load_license(block_name).terms()
         today = today or utcnow().date()
         steps = LicenseSettings().license_warning_days
         assessment = assess(terms, today, steps)

@@ -142,3 +142,5 @@ def test_the_cli_submits_locks_and_reads_status(deployment: str, capsys) -> None
     assert "has no time zone" in capsys.readouterr().err
     assert main(["jobs", "submit", "opsflow-test-job/no-such-deployment"]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["jobs", "status", "not-a-run"]) == 1
+    assert capsys.readouterr().err == "opsflow: 'not-a-run' is not a flow run id (a UUID)\n"

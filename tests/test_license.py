@@ -131,3 +131,11 @@ def test_the_daily_flow_warns_once_and_fails_when_expired(license_block: str, ca
     assert expired.is_failed()
     assert "license of Harbour Clinic expired on 2027-03-31" in expired.message
     assert "LIC-0000-SECRET" not in caplog.text
+
+
+def test_a_missing_license_block_is_one_clear_failure(license_block: str) -> None:
+    from flows.license import check_license
+
+    state = check_license("no-such-license", return_state=True)
+    assert state.is_failed()
+    assert "no license block named 'no-such-license'" in state.message
