@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Later command groups (jobs, transfer, ...) add themselves here.
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 EXTRA_COMMANDS.append(__import__("deployments.cli_jobs", fromlist=["register"]).register)
+EXTRA_COMMANDS.append(__import__("deployments.cli_deployments", fromlist=["register"]).register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
