@@ -133,9 +133,12 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
         report = send_mail_batch(url, smtp_block, claimer, batch_size, policy, now)
         total.add(report)
         update_progress_artifact(progress, min(100.0, 100.0 * total.claimed / max(ahead, 1)))
+        if report.server_down:  # the rest waits for the next run instead of timing out here
+            get_run_logger().warning("SMTP server unreachable; the rest waits for the next run")
+            break
         if report.claimed < batch_size:
             break
-    figures = {k: v for k, v in vars(total).items() if k != "errors"}
+    figures = {k: int(v) for k, v in vars(total).items() if k != "errors"}
     _summary("send-mail", "Outgoing mail: this run", figures)
     get_run_logger().info("mail: %s", figures)
     return figures

@@ -111,12 +111,13 @@ def test_the_block_keeps_its_password_secret() -> None:
 def test_an_unreachable_server_in_send_mail_delays_rather_than_fails(sqlite_url: str,
                                                                      prefect_harness) -> None:
     with session_scope(sqlite_url) as session:
-        seed.add_submissions(session, 1, seed.add_receivers(session, 1))
+        seed.add_submissions(session, 5, seed.add_receivers(session, 1))
     create_tips(database_url=sqlite_url)
     notify_receivers(database_url=sqlite_url, digest_window_s=0)
-    result = send_mail(database_url=sqlite_url, smtp_block=smtp_block(free_port()))
-    assert result["retried"] == 1 and result["sent"] == 0
+    result = send_mail(database_url=sqlite_url, smtp_block=smtp_block(free_port()),
+                       batch_size=2)
+    assert result["retried"] == 2 and result["sent"] == 0 and result["server_down"] == 1
     with sessions(sqlite_url)() as session:
-        [mail] = session.scalars(select(OutgoingMail)).all()
-    assert (mail.status, mail.attempts) == ("pending", 1)  # it waits for its backoff
-    assert mail.next_attempt_at > mail.created_at + timedelta(seconds=59)
+        rows = session.scalars(select(OutgoingMail).order_by(OutgoingMail.id)).all()
+    assert [(m.status, m.attempts) for m in rows] == [("pending", 1)] * 2 + [("pending", 0)] * 3
+    assert rows[0].next_attempt_at > rows[0].created_at + timedelta(seconds=59)  # backing off

@@ -64,11 +64,13 @@ class SendReport:
     retried: int = 0
     failed: int = 0
     deferred: int = 0  # held back by the hourly limit
+    server_down: bool = False  # the server could not be reached: the run should stop
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: SendReport) -> None:
         for name in ("claimed", "sent", "digested", "retried", "failed", "deferred"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.server_down = self.server_down or other.server_down
         self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
 
 
@@ -429,6 +431,7 @@ def send_batch(
                 continue
             except SmtpUnavailable as exc:
                 down = str(exc)
+                report.server_down = True
                 report.errors.append(down)
                 writer.submit(outcomes.retry, unit, down, now_)
                 report.failed += gives_up
