@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 EXTRA_COMMANDS.append(__import__("deployments.cli_jobs", fromlist=["register"]).register)
 EXTRA_COMMANDS.append(__import__("deployments.cli_deployments", fromlist=["register"]).register)
+EXTRA_COMMANDS.append(__import__("opsflow.delivery.admin", fromlist=["register"]).register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
