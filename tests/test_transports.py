@@ -447,17 +447,19 @@ def stop_sshd_and_its_sessions(sshd: Sshd) -> None:
             os.kill(int(child), signal.SIGTERM)
 
 
-@pytest.mark.parametrize("connections", [1, 2])
+@pytest.mark.parametrize("engine, connections",
+                         [("openssh", 1), ("openssh", 2), ("paramiko", 2)])
 def test_sftp_server_stopped_mid_batch_is_unavailable(sshd: Sshd, sftp_root: Path,
-                                                      tmp_path: Path, connections: int) -> None:
+                                                      tmp_path: Path, engine: str,
+                                                      connections: int) -> None:
     source = tmp_path / "s"
     source.mkdir()
     uploads = []
     for i in range(1000):
         (source / str(i)).write_bytes(b"%d" % i)
         uploads.append(Upload(source / str(i), f"d{i % 10}/{i}", size=len(b"%d" % i)))
-    transport = SftpTransport(sftp_settings(sshd, connections=connections, timeout=10),
-                              str(sftp_root))
+    transport = SftpTransport(sftp_settings(sshd, engine=engine, connections=connections,
+                                            timeout=10), str(sftp_root))
     confirmed = []
     try:
         results = transport.send(uploads)
