@@ -25,7 +25,14 @@ from opsflow.claim import claimer_name
 from opsflow.settings import get_settings
 from opsflow.store import utcnow
 from opsflow.sync import queue
-from opsflow.sync.drain import BATCH, LEASE, check_deletes_up_front, prepare, run_batch
+from opsflow.sync.drain import (
+    BATCH,
+    LEASE,
+    Heartbeat,
+    check_deletes_up_front,
+    prepare,
+    run_batch,
+)
 from opsflow.sync.queue import Outcome
 from opsflow.sync.tree import MappingSettings
 from opsflow.transports.base import Transport, TransportUnavailable
@@ -154,17 +161,18 @@ def sync_folder(mapping: str, full: bool = False, linger: float = 3.0,
     progress = create_progress_artifact(0.0, key=f"{_artifact_key(mapping)}-progress",
                                         description=f"Sync of {mapping}")
     try:
-        queued = prepare_sync(url, settings, connection, full, after_crash)
-        if queued:
-            logger.info("Queued %d actions (first sync or full compare).", queued)
-        while True:
-            _drain(url, settings, connection, owner, linger, outcomes, progress)
-            # Released before the last look: work the sensor queued meanwhile either shows
-            # up here, or was queued after the release and woke a new run.
-            queue.release_drain(url, mapping, owner)
-            if not (queue.has_due(url, mapping)
-                    and queue.acquire_drain(url, mapping, owner, lease=DRAIN_LEASE)):
-                break
+        with Heartbeat(url, mapping, owner, drain_lease=DRAIN_LEASE, every=RENEW_EVERY):
+            queued = prepare_sync(url, settings, connection, full, after_crash)
+            if queued:
+                logger.info("Queued %d actions (first sync or full compare).", queued)
+            while True:
+                _drain(url, settings, connection, owner, linger, outcomes, progress)
+                # Released before the last look: work the sensor queued meanwhile either
+                # shows up here, or was queued after the release and woke a new run.
+                queue.release_drain(url, mapping, owner)
+                if not (queue.has_due(url, mapping)
+                        and queue.acquire_drain(url, mapping, owner, lease=DRAIN_LEASE)):
+                    break
     finally:
         connection.close()
         queue.release_drain(url, mapping, owner)
@@ -192,12 +200,9 @@ def _drain(url: str, settings: MappingSettings, connection: TargetConnection, ow
            linger: float, outcomes: list[Outcome], progress: Any) -> None:
     """Claim and apply batches until nothing has been due for `linger` seconds."""
     mapping = settings.name
-    idle_since = last_renew = last_progress = time.monotonic()
+    idle_since = last_progress = time.monotonic()
     while True:
         now = time.monotonic()
-        if now - last_renew >= RENEW_EVERY:
-            queue.acquire_drain(url, mapping, owner, lease=DRAIN_LEASE)
-            last_renew = now
         rows = queue.claim_actions(url, mapping, claimer=owner, limit=BATCH, lease=LEASE)
         if rows:
             ids = [row.id for row in rows]

@@ -185,3 +185,29 @@ def test_leases_of_a_dead_local_process_are_reclaimed_at_once(store_url: str) ->
     assert [r.path for r in claim_actions(store_url, "m", claimer="new", limit=10,
                                           lease=timedelta(minutes=1))] == ["a"]
     assert acquire_drain(store_url, "m", "new", lease=timedelta(minutes=1))
+
+
+def test_a_heartbeat_keeps_a_long_batch_leased(store_url: str) -> None:
+    import time
+
+    from opsflow.sync.drain import Heartbeat
+
+    enqueue(store_url, "m", [send("slow")])
+    claim_actions(store_url, "m", claimer="me", limit=1, lease=timedelta(seconds=1))
+    assert acquire_drain(store_url, "m", "me", lease=timedelta(seconds=1))
+    with Heartbeat(store_url, "m", "me", drain_lease=timedelta(minutes=1), every=0.05):
+        time.sleep(1.5)  # both leases given for 1 s would have run out by now
+        assert drain_alive(store_url, "m")
+        assert claim_actions(store_url, "m", claimer="other", limit=1,
+                             lease=timedelta(minutes=1)) == []
+    release_drain(store_url, "m", "me")
+    assert not drain_alive(store_url, "m")
+
+
+def test_names_that_are_not_utf8_are_refused_not_queued(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from opsflow.sync.tree import MappingSettings
+
+    settings = MappingSettings(name="m", local_root=tmp_path)
+    odd = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+    assert not settings.wants(odd)
+    assert settings.wants("café.txt")

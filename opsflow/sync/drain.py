@@ -56,6 +56,36 @@ class Tally:
                 "skipped": self.skipped, "failed": len(self.failed)}
 
 
+class Heartbeat:
+    """Keeps a drain's leases (the mapping's drain lease and its claimed actions) alive
+    while it works, however long one batch or its retries take; a killed drain stops
+    beating and its leases run out."""
+
+    def __init__(self, url: str, mapping: str, owner: str, *, drain_lease: timedelta,
+                 every: float = 10.0) -> None:
+        self.url, self.mapping, self.owner = url, mapping, owner
+        self.drain_lease, self.every = drain_lease, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"sync-heartbeat-{mapping}")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                queue.renew_drain(self.url, self.mapping, self.owner, lease=self.drain_lease)
+                queue.renew_claims(self.url, self.mapping, self.owner, lease=LEASE)
+            except Exception:  # noqa: BLE001 - the store may be busy; try again next beat
+                log.warning("could not renew the leases of %r", self.mapping, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 def prepare(url: str, settings: MappingSettings, transport: Transport, *, full: bool,
             after_crash: bool = False) -> int:
     """Seed a never-synced mapping, and with `full` enqueue what differs from the remote.
@@ -140,7 +170,13 @@ def drain(url: str, settings: MappingSettings, open_transport: Callable[[], Tran
     queue.reclaim_dead_leases(url, settings.name)
     if not queue.acquire_drain(url, settings.name, claimer, lease=LEASE):
         raise RuntimeError(f"a drain of {settings.name!r} is running already")
-    transport = open_transport()
+    heartbeat = Heartbeat(url, settings.name, claimer, drain_lease=LEASE).__enter__()
+    try:
+        transport = open_transport()
+    except BaseException:
+        heartbeat.__exit__()
+        queue.release_drain(url, settings.name, claimer)
+        raise
     tally = Tally()
     try:
         prepare(url, settings, transport, full=full, after_crash=after_crash)
@@ -161,5 +197,6 @@ def drain(url: str, settings: MappingSettings, open_transport: Callable[[], Tran
             else:
                 time.sleep(poll)
     finally:
+        heartbeat.__exit__()
         transport.close()
         queue.release_drain(url, settings.name, claimer)

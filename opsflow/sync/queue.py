@@ -328,6 +328,27 @@ def acquire_drain(url: str, mapping: str, owner: str, *, lease: timedelta) -> bo
         return (result.rowcount or 0) == 1
 
 
+def renew_drain(url: str, mapping: str, owner: str, *, lease: timedelta) -> bool:
+    """Extend the drain lease `owner` holds; False when it holds none (released, or lost)."""
+    with session_scope(url) as session:
+        result = session.execute(
+            update(SyncState)
+            .where(SyncState.mapping == mapping, SyncState.drain_owner == owner)
+            .values(drain_until=utcnow() + lease))
+        return (result.rowcount or 0) == 1
+
+
+def renew_claims(url: str, mapping: str, owner: str, *, lease: timedelta) -> int:
+    """Extend the leases of every pending action `owner` holds (a heartbeat while it works)."""
+    with session_scope(url) as session:
+        result = session.execute(
+            update(SyncAction)
+            .where(SyncAction.mapping == mapping, SyncAction.claimed_by == owner,
+                   SyncAction.status == ActionStatus.PENDING)
+            .values(claimed_until=utcnow() + lease))
+        return result.rowcount or 0
+
+
 def release_drain(url: str, mapping: str, owner: str) -> None:
     with session_scope(url) as session:
         session.execute(

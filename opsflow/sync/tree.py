@@ -105,6 +105,13 @@ class PathFilter:
     def wants(self, rel: str) -> bool:
         """Whether the mapping syncs the relative path `rel`."""
         name = rel.rpartition("/")[2]
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            # Bytes that are not UTF-8 (decoded with surrogates) cannot be stored or named
+            # on S3; refusing them here keeps one odd name from blocking the queue.
+            log.warning("not synced: %r is not a UTF-8 name", rel)
+            return False
         if name.startswith(TEMP_PREFIX):
             return False  # a transport's temporary file (the folder may be someone's target)
         if self.include and not any(glob_matches(p, rel) for p in self.include):

@@ -1,0 +1,40 @@
+"""Include/exclude globs of a mapping, rsync style."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from opsflow.sync.tree import MappingSettings, glob_matches
+
+
+@pytest.mark.parametrize(("pattern", "path", "expected"), [
+    ("*.tmp", "a.tmp", True),
+    ("*.tmp", "deep/down/a.tmp", True),  # no slash: a name at any depth
+    ("*.tmp", "a.tmp.txt", False),
+    (".git", ".git/objects/ab", True),  # inside an excluded folder
+    ("build/*.o", "build/x.o", True),
+    ("build/*.o", "src/build/x.o", False),  # with a slash: from the top
+    ("build/*.o", "build/sub/x.o", False),  # * stays inside one name
+    ("build/**/*.o", "build/sub/deeper/x.o", True),
+    ("build/**/*.o", "build/x.o", True),
+    ("photos", "photos/2025/a.jpg", True),
+    ("photo?.jpg", "photo1.jpg", True),
+    ("[ab].txt", "b.txt", True),
+    ("[!ab].txt", "b.txt", False),
+    ("a+b (1).txt", "a+b (1).txt", True),  # regex characters are plain
+])
+def test_glob_matches(pattern: str, path: str, expected: bool) -> None:
+    assert glob_matches(pattern, path) is expected
+
+
+def test_include_then_exclude(tmp_path: Path) -> None:
+    settings = MappingSettings(name="m", local_root=tmp_path, include=("*.jpg", "docs/**"),
+                               exclude=("*-draft.*", ".cache"))
+    assert settings.wants("a/b.jpg")
+    assert settings.wants("docs/readme.md")
+    assert not settings.wants("a/b.png")
+    assert not settings.wants("a/b-draft.jpg")
+    assert not settings.wants(".cache/x.jpg")
+    assert not settings.wants("a/.opsflow-partial-0123abcd")  # a transport's temp file
