@@ -1,0 +1,339 @@
+"""`opsflow up`: everything on one machine, from one process, stopped by one Ctrl-C.
+
+In order: take the data folder's lock (a second `opsflow up` refuses to start), upgrade the
+record store, start a local Prefect server on SQLite under the data folder (unless
+PREFECT_API_URL names a server), register the block types and the demo blocks, start the
+folder sensors, and serve every deployment of `deployments.definitions.DEPLOYMENTS`.
+SIGINT or SIGTERM stops it all in reverse order; the server subprocess is terminated and
+waited for, and dies with this process even on `kill -9` (PR_SET_PDEATHSIG).
+
+Prefect is imported only after PREFECT_API_URL and PREFECT_HOME are set, because Prefect
+reads its settings from the environment when it is first imported.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import importlib
+import inspect
+import os
+import pkgutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+from urllib.error import URLError
+from urllib.request import urlopen
+
+from opsflow.settings import get_settings
+
+LOCK_NAME = "opsflow-up.lock"
+SERVER_START_TIMEOUT = 180.0  # seconds; about 15 s on a quiet 2-core machine
+SERVER_STOP_TIMEOUT = 20.0
+PR_SET_PDEATHSIG = 1
+
+
+class UpError(RuntimeError):
+    """`opsflow up` cannot go on; the message is one line for stderr."""
+
+
+def say(message: str) -> None:
+    print(f"opsflow up: {message}", flush=True)
+
+
+# --- one `opsflow up` per data folder ---------------------------------------------------------
+
+@contextmanager
+def exclusive_lock(path: Path, ui_url: str) -> Iterator[None]:
+    """Hold an fcntl lock on `path` for the life of this process; refuse if another holds it.
+
+    The kernel drops the lock when its holder dies, so a crashed `opsflow up` never leaves a
+    stale lock behind."""
+    handle: IO[str] = open(path, "a+")  # noqa: SIM115 - held open as long as the lock
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid, _, url = handle.read().strip().partition(" ")
+            raise UpError(
+                f"opsflow up is already running (pid {pid or '?'}); UI at {url or ui_url}"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()} {ui_url}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((host, port)) == 0
+
+
+# --- the local Prefect server -----------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """In the server child, before exec: get SIGTERM when `opsflow up` dies, however it dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_server(host: str, port: int, home: Path) -> subprocess.Popen[bytes]:
+    """`prefect server start` in its own process group, logging to PREFECT_HOME/server.log."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(home)
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    log = open(home / "server.log", "ab")  # noqa: SIM115 - the child keeps its own copy
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", host,
+             "--port", str(port)],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+    finally:
+        log.close()
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, wait, then SIGKILL what is left."""
+    if server.poll() is not None:
+        return
+    for signum, wait in ((signal.SIGTERM, SERVER_STOP_TIMEOUT), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(server.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_until_healthy(
+    api_url: str, timeout: float, server: subprocess.Popen[bytes] | None, log: Path | None
+) -> None:
+    """Poll `<api>/health` until it answers; fail early if our server process has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if server is not None and server.poll() is not None:
+            raise UpError(
+                f"the Prefect server exited with status {server.returncode}: "
+                f"{log_tail(log) if log else ''}"
+            )
+        try:
+            with urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise UpError(f"the Prefect API at {api_url} did not answer within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+# --- blocks -----------------------------------------------------------------------------------
+
+def block_modules() -> list[Any]:
+    """Every module of the `blocks` package (none is fine)."""
+    import blocks
+
+    return [
+        importlib.import_module(f"blocks.{info.name}")
+        for info in pkgutil.iter_modules(blocks.__path__)
+        if not info.name.startswith("_")
+    ]
+
+
+def register_blocks() -> tuple[int, int]:
+    """Register every Block type defined in `blocks/`, and save the demo blocks a module
+    offers through `default_blocks()` unless a block of that name exists (a user may have
+    edited it). Returns (types registered, blocks created)."""
+    from prefect.blocks.core import Block
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    types = created = 0
+    for module in block_modules():
+        for block_type in vars(module).values():
+            if (
+                inspect.isclass(block_type)
+                and issubclass(block_type, Block)
+                and block_type.__module__ == module.__name__
+                and not inspect.isabstract(block_type)
+            ):
+                block_type.register_type_and_schema()
+                types += 1
+        default_blocks: Callable[[], dict[str, Block]] | None = getattr(
+            module, "default_blocks", None
+        )
+        if not callable(default_blocks):
+            continue
+        with get_client(sync_client=True) as client:
+            for name, block in default_blocks().items():
+                try:
+                    client.read_block_document_by_name(
+                        name, block_type_slug=block.get_block_type_slug()
+                    )
+                    continue  # there already: keep what the user made of it
+                except ObjectNotFound:
+                    pass
+                block.save(name)
+                created += 1
+    return types, created
+
+
+def start_sensors() -> Callable[[], None] | None:
+    """The folder sensors, if `sensors.folder` offers `start_sensors()`; returns the stopper."""
+    try:
+        folder = importlib.import_module("sensors.folder")
+    except ModuleNotFoundError:
+        return None
+    starter = getattr(folder, "start_sensors", None)
+    if not callable(starter):
+        return None
+    stopper = starter()
+    if stopper is None or callable(stopper):
+        return stopper
+    return stopper.stop  # an object with a stop() method
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+async def serve_until_stopped(deployments: list[Any], on_ready: Callable[[], None]) -> None:
+    """Serve the deployments from one Runner until SIGINT or SIGTERM, then stop it cleanly.
+
+    Runner.start() installs a SIGTERM handler that calls sys.exit; ours replace it, so that
+    both signals take the same orderly way out."""
+    import asyncio
+
+    from prefect.runner import Runner
+
+    runner = Runner(name="opsflow-up")
+    for deployment in deployments:
+        await runner.aadd_deployment(deployment)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(runner.start())
+    await asyncio.sleep(0)  # runner.start() has run up to its first await: its handler is set
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    on_ready()
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if serving.done():
+        stopping.cancel()
+        serving.result()  # the runner ended on its own: show why
+        raise UpError("the runner stopped unexpectedly")
+    say("stopping ...")
+    if runner.started:
+        await runner.astop()
+    try:
+        await asyncio.wait_for(serving, timeout=30)
+    except (asyncio.CancelledError, TimeoutError):
+        pass
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM during start-up: unwind like Ctrl-C, cleaning up
+
+
+def run_up(open_browser: bool = False) -> int:
+    """The `opsflow up` command. Returns the exit status; errors are one line on stderr."""
+    try:
+        return _run_up(open_browser)
+    except UpError as exc:
+        print(f"opsflow: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        say("stopped")
+        return 0
+
+
+def _run_up(open_browser: bool) -> int:
+    settings = get_settings()  # validated before anything is created
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    external_api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    api_url = external_api or settings.prefect_api_url
+    ui_url = api_url.removesuffix("/api")
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        with exclusive_lock(data / LOCK_NAME, ui_url):
+            from opsflow.store import upgrade
+
+            upgrade(settings.database_url)
+            home = data / "prefect"
+            if not external_api:
+                if port_in_use(settings.prefect_host, settings.prefect_port):
+                    raise UpError(
+                        f"port {settings.prefect_port} on {settings.prefect_host} is in use by "
+                        "another program; stop it, choose OPSFLOW_PREFECT_PORT, or set "
+                        "PREFECT_API_URL to use a Prefect server that is already running"
+                    )
+                say(f"starting the Prefect server on {ui_url} (data in {home})")
+                server = start_server(settings.prefect_host, settings.prefect_port, home)
+                os.environ["PREFECT_HOME"] = str(home)
+            os.environ["PREFECT_API_URL"] = api_url  # also for the flow-run subprocesses
+            wait_until_healthy(
+                api_url, SERVER_START_TIMEOUT, server, home / "server.log" if server else None
+            )
+            return _serve(api_url, ui_url, server is not None, open_browser)
+    finally:
+        signal.signal(signal.SIGTERM, _interrupt)  # a second signal while stopping: same way
+        if server is not None:
+            stop_server(server)
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool) -> int:
+    import asyncio
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from deployments.definitions import DEPLOYMENTS, runner_deployment
+
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url}
+    if local:
+        updates[PREFECT_HOME] = os.environ["PREFECT_HOME"]
+    with temporary_settings(updates=updates):
+        types, created = register_blocks()
+        say(f"{types} block types registered, {created} demo blocks created")
+        deployments = [runner_deployment(spec) for spec in DEPLOYMENTS]
+        stop_sensors = start_sensors()
+        say("folder sensors started" if stop_sensors else "no folder sensors (sensors.folder not there)")
+        try:
+
+            def ready() -> None:
+                say(f"serving {len(deployments)} deployments; UI at {ui_url}; Ctrl-C stops")
+                if open_browser:
+                    import webbrowser
+
+                    webbrowser.open(ui_url)
+
+            asyncio.run(serve_until_stopped(deployments, ready))
+        finally:
+            if stop_sensors is not None:
+                stop_sensors()
+    say("stopped")
+    return 0

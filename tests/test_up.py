@@ -1,0 +1,181 @@
+"""`opsflow up` as a user runs it: a subprocess with its own data folder and port."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.definitions import DEPLOYMENTS, PROJECT_DIR
+from tests.support.servers import free_port
+
+OPSFLOW = [sys.executable, "-m", "deployments.cli"]
+START_TIMEOUT = 300  # the server takes 15 s on a quiet machine, much longer on a busy one
+
+
+def up_env(data: Path, port: int | str) -> dict[str, str]:
+    """The environment of a user's shell: no PREFECT_* of the test harness, our own settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OPSFLOW_"))}
+    env.update(OPSFLOW_DATA_DIR=str(data), OPSFLOW_PREFECT_PORT=str(port))
+    return env
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Up:
+    """A running `opsflow up` whose output lines are collected as they come."""
+
+    def __init__(self, data: Path, port: int) -> None:
+        self.port = port
+        self.process = subprocess.Popen(
+            [*OPSFLOW, "up"], cwd=PROJECT_DIR, env=up_env(data, port),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+                continue
+            self.output.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"no {text!r} from opsflow up; output: {''.join(self.output)}")
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def deployments(self) -> list[dict]:
+        response = httpx.post(f"{self.api}/deployments/filter", json={"limit": 200}, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def running_up(tmp_path: Path) -> Iterator[Up]:
+    up = Up(tmp_path / "data", free_port())
+    try:
+        up.wait_for("serving", START_TIMEOUT)
+        yield up
+    finally:
+        up.stop()
+
+
+@pytest.mark.slow
+def test_up_serves_every_deployment_refuses_a_second_and_stops_cleanly(
+    running_up: Up, tmp_path: Path
+) -> None:
+    up = running_up
+    served = {d["name"]: d for d in up.deployments()}
+    assert set(served) == {spec.name for spec in DEPLOYMENTS}
+    for spec in DEPLOYMENTS:
+        schedules = [s["schedule"] for s in served[spec.name]["schedules"]]
+        expected = spec.schedules()
+        assert len(schedules) == len(expected)
+        for got, want in zip(schedules, expected, strict=True):
+            assert got.get("cron") == want.get("cron")
+            if "interval" in want:
+                assert got["interval"] == want["interval"]
+            assert got["timezone"] == "UTC"
+        assert not served[spec.name]["paused"]
+
+    second = subprocess.run(
+        [*OPSFLOW, "up"], cwd=PROJECT_DIR, env=up_env(tmp_path / "data", up.port),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"opsflow: opsflow up is already running (pid {up.process.pid}); "
+        f"UI at http://127.0.0.1:{up.port}"
+    ]
+    assert httpx.get(f"{up.api}/health", timeout=30).status_code == 200
+    assert len(up.deployments()) == len(DEPLOYMENTS)
+
+    children = descendants(up.process.pid)
+    assert children, "the Prefect server runs as a child"
+    up.process.send_signal(signal.SIGINT)
+    assert up.process.wait(timeout=60) == 0
+    assert not [pid for pid in children if alive(pid)]
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", up.port)) != 0, "the port is free again"
+
+
+def test_bad_settings_give_one_line_and_create_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [*OPSFLOW, "up"], cwd=tmp_path, env=up_env(data, "abc"),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "OPSFLOW_PREFECT_PORT" in lines[0]
+    assert not data.exists()
+
+
+def test_a_port_taken_by_another_program_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        done = subprocess.run(
+            [*OPSFLOW, "up"], cwd=PROJECT_DIR, env=up_env(tmp_path / "data", port),
+            capture_output=True, text=True, timeout=120,
+        )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port}" in lines[0] and "in use" in lines[0]
+    assert not (tmp_path / "data" / "prefect").exists(), "no server was started"
