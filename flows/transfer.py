@@ -69,6 +69,10 @@ class TargetConnection:
     close = reset
 
 
+class SyncActionsFailed(RuntimeError):
+    """Some actions were refused by the target (permissions, a refused path)."""
+
+
 def _connection_lost(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only a lost target; a refused path or max_delete fails at once."""
     return isinstance(state.result(raise_on_failure=False), TransportUnavailable)
@@ -180,6 +184,11 @@ def sync_folder(mapping: str, full: bool = False, linger: float = 3.0,
         counts = _report(mapping, outcomes)
         update_progress_artifact(progress, 100.0)
     logger.info("Sync of %s: %s", mapping, counts)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        # Everything else was applied; the failed actions stay marked (see the table).
+        raise SyncActionsFailed(f"{len(failed)} sync action(s) of {mapping!r} failed, e.g. "
+                                f"{failed[0].kind} {failed[0].path!r}: {failed[0].detail}")
     return counts
 
 
@@ -203,7 +212,9 @@ def _drain(url: str, settings: MappingSettings, connection: TargetConnection, ow
     idle_since = last_progress = time.monotonic()
     while True:
         now = time.monotonic()
-        rows = queue.claim_actions(url, mapping, claimer=owner, limit=BATCH, lease=LEASE)
+        # A read first: polling with the claim's UPDATE would take the write lock each time.
+        rows = queue.claim_actions(url, mapping, claimer=owner, limit=BATCH, lease=LEASE) \
+            if queue.has_due(url, mapping) else []
         if rows:
             ids = [row.id for row in rows]
             deleted = sum(1 for o in outcomes if o.kind == "delete" and o.status == "done")

@@ -250,3 +250,21 @@ def test_start_sensors_watches_saved_mappings_by_name(sqlite_url: str, tmp_path:
     assert woken and woken[0][0] == "flow-sensed"
     assert [(r.kind, r.path) for r in queue.pending_deletes(sqlite_url, "flow-sensed")] == []
     assert queue.pending_summary(sqlite_url, "flow-sensed")[0] == 1
+
+
+def test_a_refused_action_fails_the_run_after_the_rest_is_applied(sqlite_url: str,
+                                                                  tmp_path: Path) -> None:
+    from flows.transfer import sync_folder
+
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    save_mapping("flow-refused", local, LocalFolder(path=str(remote)))
+    sync_folder("flow-refused", linger=0, database_url=sqlite_url)
+    secret = write(tmp_path, "outside/secret", "s")
+    (local / "escape").symlink_to(secret)
+    write(local, "fine.txt", "f")
+    queue.enqueue(sqlite_url, "flow-refused", [Intent(SEND, "escape"), Intent(SEND, "fine.txt")])
+    state = sync_folder("flow-refused", linger=0, database_url=sqlite_url, return_state=True)
+    assert state.is_failed()
+    assert "1 sync action(s) of 'flow-refused' failed" in state.message
+    assert "outside the folder" in state.message
+    assert tree(remote) == {"fine.txt": b"f"}

@@ -104,9 +104,9 @@ def enqueue_in(session: Session, mapping: str, intents: Iterable[Intent],
             "not_before": e.intent.not_before, "status": ActionStatus.PENDING,
             "attempts": 0, "created_at": now}
            for e in coalescer.new_entries()]
-    # Row by row, so that ids follow the list order on both databases.
-    for values in new:
-        session.execute(insert(SyncAction).values(**values))
+    if new:
+        # One executemany; ids follow the list order (the apply order) on both databases.
+        session.execute(insert(SyncAction), new)
     return len(new)
 
 
