@@ -65,6 +65,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 EXTRA_COMMANDS.append(__import__("deployments.cli_jobs", fromlist=["register"]).register)
 EXTRA_COMMANDS.append(__import__("deployments.cli_deployments", fromlist=["register"]).register)
 EXTRA_COMMANDS.append(__import__("opsflow.delivery.admin", fromlist=["register"]).register)
+EXTRA_COMMANDS.append(__import__("opsflow.sync.admin", fromlist=["register"]).register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -211,3 +211,28 @@ def test_names_that_are_not_utf8_are_refused_not_queued(tmp_path) -> None:  # ty
     odd = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
     assert not settings.wants(odd)
     assert settings.wants("café.txt")
+
+
+def test_sync_status_shows_counts_failures_and_the_drain(store_url: str) -> None:
+    from opsflow.store import sessions
+    from opsflow.sync.admin import status_lines
+
+    enqueue(store_url, "m", [send("a"), send("b"),
+                             Intent(SEND, "later", not_before=utcnow() + timedelta(hours=1))])
+    [first, _] = claim_actions(store_url, "m", claimer="me", limit=10, lease=timedelta(minutes=1))
+    record_outcomes(store_url, [Outcome(first.id, "send", "a", None, "failed", "denied by target")],
+                    claimer="me")
+    acquire_drain(store_url, "m", "me", lease=timedelta(minutes=1))
+    with sessions(store_url)() as session:
+        text = "\n".join(status_lines(session))
+    assert "m: 2 pending, 0 done, 1 failed (1 pending sends settling); drained now by me" in text
+    assert "failed send 'a': denied by target" in text
+
+
+def test_sync_status_on_the_command_line() -> None:
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "deployments.cli", "sync", "status", "--help"],
+                           capture_output=True, text=True, check=True)
+    assert "--mapping" in shown.stdout

@@ -1,0 +1,94 @@
+"""`opsflow sync status`: what each mapping's sync queue holds, and whether a drain is live.
+
+    opsflow sync status [--mapping NAME] [--failed 20]
+
+Failed actions are not retried by themselves (the target refused them: a permission, a
+refused path); once the cause is fixed, a full run (`sync_folder(mapping, full=True)`, or the
+`sync-all-folders` safety net) enqueues whatever still differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from opsflow.store import sessions, utcnow
+from opsflow.sync.actions import ActionStatus, SyncAction, SyncState
+from opsflow.sync.queue import dead_local_claimer
+
+
+def status_lines(session: Session, mapping: str | None = None, failed: int = 20) -> list[str]:
+    """One paragraph per mapping: counts by status, waiting sends, drain, first/full sync."""
+    now = utcnow()
+    where = [] if mapping is None else [SyncAction.mapping == mapping]
+    counts: dict[str, dict[str, int]] = {}
+    for name, status, count in session.execute(
+            select(SyncAction.mapping, SyncAction.status, func.count())
+            .where(*where).group_by(SyncAction.mapping, SyncAction.status)):
+        counts.setdefault(name, {})[status] = count
+    states = {s.mapping: s for s in session.scalars(
+        select(SyncState).where(*([] if mapping is None else [SyncState.mapping == mapping])))}
+    names = sorted(set(counts) | set(states))
+    if not names:
+        return [f"no sync queue{'' if mapping is None else f' for {mapping!r}'} yet"]
+    lines: list[str] = []
+    for name in names:
+        by_status = counts.get(name, {})
+        waiting = session.scalar(
+            select(func.count()).select_from(SyncAction)
+            .where(SyncAction.mapping == name, SyncAction.status == ActionStatus.PENDING,
+                   SyncAction.not_before > now)) or 0
+        state = states.get(name)
+        if state is None or state.drain_owner is None:
+            drain = "no drain running"
+        elif state.drain_until and state.drain_until > now and not dead_local_claimer(
+                state.drain_owner):
+            drain = f"drained now by {state.drain_owner}"
+        else:
+            drain = f"last drain died ({state.drain_owner}); the next run sweeps after it"
+        lines.append(f"{name}: " + ", ".join(f"{by_status.get(s, 0)} {s}" for s in ActionStatus)
+                     + f" ({waiting} pending sends settling); {drain}")
+        if state is not None:
+            seeded = f"{state.seeded_at:%Y-%m-%d %H:%M:%S} UTC" if state.seeded_at else "never"
+            full = f"{state.last_full_at:%Y-%m-%d %H:%M:%S} UTC" if state.last_full_at else "never"
+            lines.append(f"  first sync: {seeded}; last full compare: {full}")
+        for row in session.scalars(
+                select(SyncAction).where(SyncAction.mapping == name,
+                                         SyncAction.status == ActionStatus.FAILED)
+                .order_by(SyncAction.id.desc()).limit(failed)):
+            target = f" -> {row.dest_path}" if row.dest_path else ""
+            lines.append(f"  failed {row.kind} {row.path!r}{target}: "
+                         f"{(row.last_error or '').splitlines()[0][:160] if row.last_error else ''}")
+    return lines
+
+
+def _status(args: argparse.Namespace) -> int:
+    from opsflow.settings import get_settings
+
+    with sessions(get_settings().database_url)() as session:
+        print("\n".join(status_lines(session, args.mapping, args.failed)))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `opsflow sync ...` to the opsflow command."""
+    sync = commands.add_parser("sync", help="folder sync queues",
+                               description="The folder sync queues (issue 3).")
+    sync_commands = sync.add_subparsers(dest="sync_command", metavar="SYNC_COMMAND",
+                                        required=True)
+    status = sync_commands.add_parser(
+        "status", help="what each mapping's queue holds, and whether a drain is running")
+    status.add_argument("--mapping", help="only this mapping")
+    status.add_argument("--failed", type=int, default=20, metavar="N",
+                        help="show the last N failed actions per mapping (default 20)")
+    status.set_defaults(handler=_status)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    parser = argparse.ArgumentParser(prog="opsflow")
+    register(parser.add_subparsers(dest="command", required=True))
+    arguments = parser.parse_args()
+    sys.exit(arguments.handler(arguments))
