@@ -56,7 +56,7 @@ def create_tips_batch(database_url: str, claimer: str, batch_size: int,
 
 
 @flow(retries=2, retry_delay_seconds=30)
-def create_tips(database_url: str | None = None, batch_size: int = 500,
+def create_tips(database_url: str | None = None, batch_size: int = 1000,
                 now: datetime | None = None) -> dict[str, int]:
     """Every finalized submission gets exactly one tip per receiver."""
     url, claimer = _store(database_url), claimer_name("create_tips:")
@@ -80,7 +80,7 @@ def queue_tip_mails_batch(database_url: str, claimer: str, batch_size: int,
 
 
 @flow(retries=2, retry_delay_seconds=30)
-def notify_receivers(database_url: str | None = None, batch_size: int = 500,
+def notify_receivers(database_url: str | None = None, batch_size: int = 2000,
                      digest_window_s: float = 600, now: datetime | None = None
                      ) -> dict[str, int]:
     """Queue one mail per `not notified` tip; `send_mail` sends it and marks the tip."""
