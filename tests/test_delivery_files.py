@@ -29,7 +29,7 @@ def make_submission(url: str, folder: Path, files: dict[str, bytes], receivers: 
             session.get(Receiver, people[0]).pgp_public_key = key
         [submission] = seed.add_submissions(session, 1, people)
         for name, data in files.items():
-            path = folder / f"{submission}-{name}"
+            path = folder / f"{submission}-{name.replace('/', '_')}"
             path.write_bytes(data)
             seed.add_file(session, submission, path, name)
     with sessions(url)() as session:
@@ -49,7 +49,8 @@ def deliver(url: str, folder: Path, transport=None, **kw):  # type: ignore[no-un
 
 def test_package_is_checked_then_available_then_pushed(store_url: str, tmp_path: Path) -> None:
     files = {"a.txt": b"first file", "b.bin": os.urandom(3000)}
-    make_submission(store_url, tmp_path, files, receivers=2)
+    make_submission(store_url, tmp_path, {**files, "../../escape.txt": b"x"}, receivers=2)
+    files["escape.txt"] = b"x"  # a name from an upload cannot leave the unpacked folder
     report = deliver(store_url, tmp_path / "packages")
     assert report.available == 2 and report.performed == 0
     first = tip_rows(store_url)[0]

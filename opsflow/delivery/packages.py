@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -73,6 +73,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def entry_name(record: SubmissionFile) -> str:
+    """The file's name inside the zip: its last part only, so that unpacking the package
+    can never write outside the receiver's folder (a name such as '../x' from an upload)."""
+    name = PurePosixPath(record.name.replace("\\", "/")).name.lstrip(".")
+    return name or f"file-{record.id}"
+
+
 def write_zip(files: Sequence[SubmissionFile], target: Path) -> None:
     """Zip the files into `target`, checking each one's bytes against its record as they go."""
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
@@ -80,7 +87,8 @@ def write_zip(files: Sequence[SubmissionFile], target: Path) -> None:
             digest = hashlib.sha256()
             size = 0
             try:
-                with open(record.stored_path, "rb") as source, zf.open(record.name, "w") as sink:
+                with open(record.stored_path, "rb") as source, \
+                        zf.open(entry_name(record), "w") as sink:
                     while chunk := source.read(CHUNK):
                         digest.update(chunk)
                         size += len(chunk)
