@@ -138,7 +138,7 @@ def transfer_experiment_files(session: Session, uid: str, destination: str,
     experiment = find_experiment(session, uid=uid)
     root = Path(experiment.source_root)
     files = datafiles(session, experiment)
-    missing = [f.path for f in files if not (root / f.path).is_file()]
+    missing = [f.path for f in files if not (root / f.path).exists()]
     if missing:
         raise PermanentTransferError(
             f"{uid}: {len(missing)} datafile(s) gone from {root}, first {missing[0]!r}")
