@@ -131,6 +131,7 @@ class FolderSensor(FileSystemEventHandler):
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
                                          name=f"sync-sensor-{settings.name}")
         self._last_emit = float("-inf")
+        self._last_error_log = float("-inf")
         self._drain_seen = False
         self.events_seen = 0
         self.intents_flushed = 0
@@ -160,7 +161,10 @@ class FolderSensor(FileSystemEventHandler):
         try:
             queue.enqueue(self.url, self.settings.name, intents)
         except Exception:  # noqa: BLE001 - the store may be busy or down: retry, lose nothing
-            log.exception("sync queue of %r not written; retrying", self.settings.name)
+            if time.monotonic() - self._last_error_log >= 30:
+                log.exception("sync queue of %r not written (%d intents kept in memory); "
+                              "retrying", self.settings.name, len(intents))
+                self._last_error_log = time.monotonic()
             with self._lock:
                 newer, self._buffer = self._buffer, Coalescer()
                 for intent in intents + newer.intents():

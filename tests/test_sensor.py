@@ -180,3 +180,23 @@ def test_a_sensor_restarted_after_downtime_catches_up_through_the_full_run(
         watcher.stop()
     assert tree(remote) == tree(folder)
     assert "removed" not in tree(remote) and tree(remote)["changed"] == b"v2, longer"
+
+
+def test_nothing_is_lost_while_the_store_refuses_writes(sensor: FolderSensor, sqlite_url: str,
+                                                        folder: Path) -> None:
+    from sqlalchemy import text
+
+    from opsflow.store import get_engine
+
+    with get_engine(sqlite_url).begin() as conn:
+        conn.execute(text("ALTER TABLE sync_actions RENAME TO sync_actions_away"))
+    write(folder, "during-outage-1", "1")
+    write(folder, "during-outage-2", "2")
+    (folder / "during-outage-1").rename(folder / "renamed")
+    wait_for(lambda: sensor.events_seen >= 5)
+    time.sleep(0.3)  # several flushes fail meanwhile
+    with get_engine(sqlite_url).begin() as conn:
+        conn.execute(text("ALTER TABLE sync_actions_away RENAME TO sync_actions"))
+    wait_for(lambda: queued(sqlite_url) == [("send", "during-outage-2"),
+                                            ("move", "during-outage-1", "renamed"),
+                                            ("send", "renamed")])
