@@ -31,8 +31,9 @@ from prefect.exceptions import ObjectNotFound
 from opsflow.retention import Cutoff, retention_cutoffs
 from opsflow.settings import get_settings
 
-# The API reads at most 200 flow runs per request.
+# The API reads at most 200 flow runs per request, and bulk-deletes at most 50.
 MAX_BATCH = 200
+BULK_LIMIT = 50
 
 
 @dataclass
@@ -89,9 +90,27 @@ async def _delete_run(client: PrefectClient, run_id: UUID) -> None:
         pass  # gone already (another sweep, or a user in the UI): the goal is met
 
 
+async def _bulk_delete(client: PrefectClient, run_ids: list[UUID]) -> set[UUID]:
+    """Delete runs through the server's `POST /flow_runs/bulk_delete` (at most 50 per call,
+    one transaction each; the 3.8.8 client has no method for it). About 10x faster than
+    `delete_flow_run` per run on SQLite, where concurrent deletes only wait on each other's
+    locks (bench/sweep_flow_runs.py). Returns the ids the server deleted."""
+    deleted: set[UUID] = set()
+    for start in range(0, len(run_ids), BULK_LIMIT):
+        chunk = run_ids[start:start + BULK_LIMIT]
+        response = await client.request(
+            "POST",
+            "/flow_runs/bulk_delete",
+            json={"flow_runs": {"id": {"any_": [str(r) for r in chunk]}}, "limit": len(chunk)},
+        )
+        response.raise_for_status()
+        deleted.update(UUID(r) for r in response.json()["deleted"])
+    return deleted
+
+
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 async def delete_runs(run_ids: list[UUID], concurrency: int) -> BatchOutcome:
-    """Delete one batch of flow runs with their artifacts.
+    """Delete one batch of flow runs with their artifacts (`concurrency` deletes at a time).
 
     Artifacts first: they are found by their run's id, so once the run is gone an interrupted
     sweep could no longer find them. Task runs go with the flow run (a cascading foreign
@@ -112,8 +131,12 @@ async def delete_runs(run_ids: list[UUID], concurrency: int) -> BatchOutcome:
             for run_id in run_ids:
                 outcome.failed[run_id] = f"artifact delete failed: {failed_artifacts[0]}"
             return outcome
-        results = await _bounded([lambda r=r: _delete_run(client, r) for r in run_ids], concurrency)
-    for run_id, result in zip(run_ids, results, strict=True):
+        deleted = await _bulk_delete(client, run_ids)
+        # Not deleted in bulk: gone already, or refused; one by one tells which.
+        rest = [r for r in run_ids if r not in deleted]
+        results = await _bounded([lambda r=r: _delete_run(client, r) for r in rest], concurrency)
+    outcome.runs_deleted = len(deleted)
+    for run_id, result in zip(rest, results, strict=True):
         if isinstance(result, BaseException):
             outcome.failed[run_id] = str(result) or type(result).__name__
         else:
