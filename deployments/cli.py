@@ -66,6 +66,8 @@ EXTRA_COMMANDS.append(__import__("deployments.cli_jobs", fromlist=["register"]).
 EXTRA_COMMANDS.append(__import__("deployments.cli_deployments", fromlist=["register"]).register)
 EXTRA_COMMANDS.append(__import__("opsflow.delivery.admin", fromlist=["register"]).register)
 EXTRA_COMMANDS.append(__import__("opsflow.sync.admin", fromlist=["register"]).register)
+EXTRA_COMMANDS.append(
+    __import__("opsflow.transfer.commands", fromlist=["x"]).add_transfer_commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
