@@ -179,3 +179,36 @@ def test_a_port_taken_by_another_program_is_a_clear_error(tmp_path: Path) -> Non
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"port {port}" in lines[0] and "in use" in lines[0]
     assert not (tmp_path / "data" / "prefect").exists(), "no server was started"
+
+
+def test_up_uses_the_server_prefect_api_url_names_and_stops_on_sigterm(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    env = up_env(tmp_path / "data", free_port())
+    env["PREFECT_API_URL"] = api
+    up = subprocess.Popen(
+        [*OPSFLOW, "up"], cwd=PROJECT_DIR, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert up.stdout is not None
+        output = []
+        for line in up.stdout:
+            output.append(line)
+            if "serving" in line:
+                break
+        assert "serving" in output[-1], "".join(output)
+        assert not any("starting the Prefect server" in line for line in output)
+        assert not (tmp_path / "data" / "prefect").exists(), "no local server home"
+        names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={"limit": 200},
+                                               timeout=30).json()}
+        assert {spec.name for spec in DEPLOYMENTS} <= names
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
