@@ -115,26 +115,42 @@ def _artifact_key(mapping: str) -> str:
     return "sync-" + (re.sub(r"[^a-z0-9-]+", "-", mapping.lower()).strip("-") or "mapping")
 
 
-def _report(mapping: str, outcomes: list[Outcome]) -> dict[str, int]:
-    counts = {"sent": 0, "moved": 0, "deleted": 0, "skipped": 0, "failed": 0}
-    names = {"send": "sent", "move": "moved", "delete": "deleted"}
-    rows = []
-    for outcome in outcomes:
-        if outcome.status == "done":
-            counts[names.get(outcome.kind, outcome.kind)] += 1
-        else:
-            counts[outcome.status if outcome.status in counts else "skipped"] += 1
-        if outcome.status != "skipped" and len(rows) < TABLE_ROWS:
-            rows.append({"action": names.get(outcome.kind, outcome.kind)
-                         if outcome.status == "done" else outcome.status,
-                         "path": outcome.path, "to": outcome.dest_path or "",
-                         "detail": (outcome.detail or "")[:200]
-                         if outcome.status != "done" or outcome.kind != "send" else ""})
-    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-    create_table_artifact(key=_artifact_key(mapping), table=rows or [{"action": "nothing"}],
-                          description=f"Sync of {mapping}: {summary}"
-                          + (f" (first {TABLE_ROWS} rows)" if len(rows) >= TABLE_ROWS else ""))
-    return counts
+class RunReport:
+    """What a drain did: counts of everything, the first rows for the table artifact.
+
+    A drain may linger for hours while files keep coming; it keeps counts, not every outcome.
+    """
+
+    NAMES = {"send": "sent", "move": "moved", "delete": "deleted"}
+
+    def __init__(self) -> None:
+        self.counts = {"sent": 0, "moved": 0, "deleted": 0, "skipped": 0, "failed": 0}
+        self.rows: list[dict[str, str]] = []
+        self.first_failure: Outcome | None = None
+
+    @property
+    def applied(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            done = outcome.status == "done"
+            key = self.NAMES.get(outcome.kind, outcome.kind) if done else outcome.status
+            self.counts[key if key in self.counts else "skipped"] += 1
+            if outcome.status == "failed" and self.first_failure is None:
+                self.first_failure = outcome
+            if outcome.status != "skipped" and len(self.rows) < TABLE_ROWS:
+                self.rows.append({"action": key, "path": outcome.path,
+                                  "to": outcome.dest_path or "",
+                                  "detail": "" if done and outcome.kind == "send"
+                                  else (outcome.detail or "")[:200]})
+
+    def artifact(self, mapping: str) -> None:
+        summary = ", ".join(f"{v} {k}" for k, v in self.counts.items())
+        more = f" (first {TABLE_ROWS} rows)" if len(self.rows) >= TABLE_ROWS else ""
+        create_table_artifact(key=_artifact_key(mapping),
+                              table=self.rows or [{"action": "nothing to do"}],
+                              description=f"Sync of {mapping}: {summary}{more}")
 
 
 @flow(name="sync-folder", log_prints=False)
@@ -161,7 +177,7 @@ def sync_folder(mapping: str, full: bool = False, linger: float = 3.0,
         logger.info("A drain of %r is running already; it takes the new work.", mapping)
         return {"stepped_aside": 1}
     connection = TargetConnection(block.open_transport)
-    outcomes: list[Outcome] = []
+    report = RunReport()
     progress = create_progress_artifact(0.0, key=f"{_artifact_key(mapping)}-progress",
                                         description=f"Sync of {mapping}")
     try:
@@ -170,7 +186,7 @@ def sync_folder(mapping: str, full: bool = False, linger: float = 3.0,
             if queued:
                 logger.info("Queued %d actions (first sync or full compare).", queued)
             while True:
-                _drain(url, settings, connection, owner, linger, outcomes, progress)
+                _drain(url, settings, connection, owner, linger, report, progress)
                 # Released before the last look: work the sensor queued meanwhile either
                 # shows up here, or was queued after the release and woke a new run.
                 queue.release_drain(url, mapping, owner)
@@ -181,15 +197,15 @@ def sync_folder(mapping: str, full: bool = False, linger: float = 3.0,
         connection.close()
         queue.release_drain(url, mapping, owner)
         queue.purge_done(url, mapping, older_than=timedelta(days=1))
-        counts = _report(mapping, outcomes)
+        report.artifact(mapping)
         update_progress_artifact(progress, 100.0)
-    logger.info("Sync of %s: %s", mapping, counts)
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
+    logger.info("Sync of %s: %s", mapping, report.counts)
+    failed = report.first_failure
+    if failed is not None:
         # Everything else was applied; the failed actions stay marked (see the table).
-        raise SyncActionsFailed(f"{len(failed)} sync action(s) of {mapping!r} failed, e.g. "
-                                f"{failed[0].kind} {failed[0].path!r}: {failed[0].detail}")
-    return counts
+        raise SyncActionsFailed(f"{report.counts['failed']} sync action(s) of {mapping!r} "
+                                f"failed, e.g. {failed.kind} {failed.path!r}: {failed.detail}")
+    return report.counts
 
 
 @flow(name="sync-all-folders")
@@ -206,7 +222,7 @@ def sync_all_folders(full: bool = True, database_url: str | None = None) -> dict
 
 
 def _drain(url: str, settings: MappingSettings, connection: TargetConnection, owner: str,
-           linger: float, outcomes: list[Outcome], progress: Any) -> None:
+           linger: float, report: RunReport, progress: Any) -> None:
     """Claim and apply batches until nothing has been due for `linger` seconds."""
     mapping = settings.name
     idle_since = last_progress = time.monotonic()
@@ -217,17 +233,16 @@ def _drain(url: str, settings: MappingSettings, connection: TargetConnection, ow
             if queue.has_due(url, mapping) else []
         if rows:
             ids = [row.id for row in rows]
-            deleted = sum(1 for o in outcomes if o.kind == "delete" and o.status == "done")
             try:
-                outcomes.extend(apply_sync_batch(url, settings, connection, ids, owner,
-                                                 deleted))
+                report.add(apply_sync_batch(url, settings, connection, ids, owner,
+                                            report.counts["deleted"]))
             finally:
                 queue.release_actions(url, ids, claimer=owner)  # undone work stays queued
             idle_since = time.monotonic()
             if idle_since - last_progress >= 1.0:
                 pending = queue.pending_summary(url, mapping)[0]
-                update_progress_artifact(progress, 100.0 * len(outcomes)
-                                         / max(1, len(outcomes) + pending))
+                update_progress_artifact(progress, 100.0 * report.applied
+                                         / max(1, report.applied + pending))
                 last_progress = idle_since
             continue
         if now - idle_since >= linger:
