@@ -268,3 +268,22 @@ def test_a_refused_action_fails_the_run_after_the_rest_is_applied(sqlite_url: st
     assert "1 sync action(s) of 'flow-refused' failed" in state.message
     assert "outside the folder" in state.message
     assert tree(remote) == {"fine.txt": b"f"}
+
+
+def test_the_safety_net_repairs_what_no_event_reported(sqlite_url: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.transfer
+    from flows.transfer import sync_all_folders, sync_folder
+
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    save_mapping("flow-net", local, LocalFolder(path=str(remote)), complete_sync=True)
+    write(local, "a", "1")
+    write(local, "b", "2")
+    sync_folder("flow-net", linger=0, database_url=sqlite_url)
+    (remote / "a").unlink()  # lost remotely, and changed locally with no sensor running
+    write(local, "b", "2 changed")
+    write(remote, "stray", "s")
+    monkeypatch.setattr(flows.transfer, "mapping_names", lambda: ["flow-net"])
+    results = sync_all_folders(database_url=sqlite_url)
+    assert results["flow-net"]["sent"] == 2 and results["flow-net"]["deleted"] == 1
+    assert tree(remote) == tree(local)
