@@ -8,7 +8,7 @@ provider's `transfer-experiment-files` deployment and follows that flow run's st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Literal
 from uuid import UUID
@@ -104,9 +104,16 @@ def run_status(state: object) -> RunStatus:
     return RunStatus(phase, message, permanent="PermanentTransferError" in message)
 
 
+# More clients by name (a deployment may plug in its own); "in-process" runs the provider here.
+CLIENTS: dict[str, Callable[[str], TransferClient]] = {
+    "in-process": lambda url: InProcessTransferClient(sessions(url),
+                                                      provider_run(open_site_storage)),
+}
+
+
 def make_client(client: str, url: str) -> TransferClient:
-    if client == "in-process":
-        return InProcessTransferClient(sessions(url), provider_run(open_site_storage))
+    if client in CLIENTS:
+        return CLIENTS[client](url)
     return DeploymentTransferClient(client if client != "deployment" else PROVIDER_DEPLOYMENT,
                                     database_url=url)
 

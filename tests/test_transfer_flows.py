@@ -4,26 +4,31 @@ as the default transfer client, and restart."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.flow_engine import run_flow
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from blocks.sftp import SftpServer
 from flows.experiments import (
     DeploymentTransferClient,
     advance_transfers,
     broadcast_experiment,
+    open_site_storage,
     restart_transfer,
     transfer_experiment_files_flow,
 )
-from opsflow.store import session_scope
+from opsflow.delivery.records import OutgoingMail
+from opsflow.store import session_scope, sessions, utcnow
 from opsflow.transfer.client import Phase, TransferRequest
 from opsflow.transfer.provider import catalogue_experiment
-from opsflow.transfer.records import SyncedExperiment, TransferNotice
-from opsflow.transfer.sites import add_site
+from opsflow.transfer.records import SyncedExperiment
+from opsflow.transfer.sites import RecordSiteManager, add_site
+from opsflow.transfer.states import RetryPolicy, Tick, advance_due
 from tests.support.servers import Sshd
 from tests.test_transfer_support import make_experiment
 
@@ -62,7 +67,7 @@ def test_broadcast_then_the_tick_completes_every_site(two_sites: str, sftp_root:
         got = sftp_root / site / "tardis.555" / "raw" / "large-000.bin"
         assert got.read_bytes() == (tmp_path / "source" / "raw" / "large-000.bin").read_bytes()
     with session_scope(url) as session:
-        recipients = sorted(n.recipient for n in session.scalars(select(TransferNotice)))
+        recipients = sorted(n.recipient for n in session.scalars(select(OutgoingMail)))
     assert recipients == ["admin@monash.example", "admin@uq.example", "carol@uq.example",
                           "carol@uq.example"]
 
@@ -118,3 +123,31 @@ def test_restart_flow_sends_a_failed_experiment_back(two_sites: str) -> None:
     assert restart_transfer("tardis.555", database_url=url) == ["uq"]
     assert states(url) == {"uq": "Ingested"}
     assert advance_transfers(client="in-process", database_url=url) == {"Complete": 1}
+
+
+def test_a_provider_run_that_never_starts_is_stuck_and_requested_again(two_sites: str) -> None:
+    url = two_sites
+    deployment = transfer_experiment_files_flow.to_deployment(name=f"p-{uuid.uuid4().hex[:6]}")
+    deployment.apply()
+    name = f"transfer-experiment-files/{deployment.name}"
+    broadcast_experiment("555", to="owners", database_url=url)
+    assert advance_transfers(client=name, database_url=url) == {"Requested": 1}
+    with session_scope(url) as session:
+        first_run = session.scalars(select(SyncedExperiment)).one().run_handle
+
+    def tick_at(now: datetime) -> dict[str, int]:
+        def make_tick(session: Session) -> Tick:
+            return Tick(DeploymentTransferClient(name, database_url=url),
+                        RecordSiteManager(session), open_site_storage, now, RetryPolicy())
+
+        return advance_due(sessions(url), make_tick, now=now)
+
+    later = utcnow() + RetryPolicy().stuck_after + timedelta(minutes=1)
+    assert tick_at(later) == {"Ingested": 1}  # nobody ran it: stuck, so back to the start
+    with session_scope(url) as session:
+        exp = session.scalars(select(SyncedExperiment)).one()
+        assert exp.last_error is not None and exp.last_error.startswith(f"stuck: run {first_run}")
+    assert tick_at(later + RetryPolicy().backoff(1)) == {"Requested": 1}
+    with session_scope(url) as session:
+        second_run = session.scalars(select(SyncedExperiment)).one().run_handle
+    assert second_run not in (None, first_run)  # a new request, a new run

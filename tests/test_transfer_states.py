@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opsflow.delivery.records import OutgoingMail
 from opsflow.store import sessions, utcnow
 from opsflow.transfer.client import InProcessTransferClient
 from opsflow.transfer.consumer import RestartRefused, history, restart_experiment
 from opsflow.transfer.provider import catalogue_experiment, provider_run, register_experiment
-from opsflow.transfer.records import SyncedExperiment, TransferNotice
+from opsflow.transfer.records import SyncedExperiment
 from opsflow.transfer.sites import RecordSiteManager, Site, add_site
 from opsflow.transfer.states import RetryPolicy, Tick, advance_due
 from opsflow.transports.base import SendResult, Transport, Upload
@@ -98,7 +99,7 @@ def test_full_path_ingested_to_complete_with_a_real_transfer(world: World, tmp_p
         if p.is_file()}
     with world.session() as session:
         steps = [(s.from_state, s.to_state) for s in history(session, exp.id)]
-        notices = session.scalars(select(TransferNotice).order_by(TransferNotice.recipient)).all()
+        notices = session.scalars(select(OutgoingMail).order_by(OutgoingMail.recipient)).all()
     assert steps == [(None, "Ingested"), ("Ingested", "Requested"), ("Requested", "InProgress"),
                      ("InProgress", "CheckingIntegrity"), ("CheckingIntegrity", "Complete")]
     assert [n.recipient for n in notices] == ["admin@monash.edu", "alice@monash.edu"]
@@ -106,7 +107,7 @@ def test_full_path_ingested_to_complete_with_a_real_transfer(world: World, tmp_p
     # A final experiment is not touched again, and its notices are not repeated.
     assert world.tick(timedelta(minutes=5)) == {}
     with world.session() as session:
-        assert len(session.scalars(select(TransferNotice)).all()) == 2
+        assert len(session.scalars(select(OutgoingMail)).all()) == 2
 
 
 def test_a_corrupted_destination_file_is_found_and_sent_again(world: World) -> None:
@@ -167,7 +168,7 @@ def test_after_the_integrity_cap_the_experiment_fails_naming_the_file(
     assert "data/small-001.bin: sha256" in (exp.last_error or "")
     assert "the cap" in (exp.last_error or "")
     with world.session() as session:
-        notices = session.scalars(select(TransferNotice)).all()
+        notices = session.scalars(select(OutgoingMail)).all()
     assert {n.recipient for n in notices} == {"admin@monash.edu", "alice@monash.edu"}
     assert all("failed permanently" in n.subject and "small-001.bin" in n.body for n in notices)
 

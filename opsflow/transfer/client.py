@@ -56,7 +56,10 @@ class TransferClient(Protocol):
 
 
 def request_for(experiment: SyncedExperiment) -> TransferRequest:
-    key = f"transfer:{experiment.site}:{experiment.uid}:{experiment.requests + 1}"
+    # Unique across stores sharing one Prefect server (Prefect keys runs per flow, and a
+    # re-registered experiment starts counting again): the registration time is part of it.
+    born = f"{experiment.created_at.timestamp():.6f}"
+    key = f"transfer:{experiment.site}:{experiment.uid}:{born}:{experiment.requests + 1}"
     return TransferRequest(experiment.uid, experiment.site, experiment.destination, key)
 
 

@@ -117,22 +117,3 @@ class TransferTransition(Base):
     to_state: Mapped[str] = mapped_column(String(30))
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
-class TransferNotice(Base):
-    """A mail to send about an outcome (Complete, FailPermanent); `key` keeps it single.
-
-    Kept here until the mail outbox of the delivery flows takes transfer notices too.
-    """
-
-    __tablename__ = "transfer_notices"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    key: Mapped[str] = mapped_column(String(300), unique=True)
-    experiment_id: Mapped[int] = mapped_column(
-        RefId, ForeignKey("synced_experiments.id", ondelete="CASCADE"), index=True)
-    recipient: Mapped[str] = mapped_column(String(320))
-    subject: Mapped[str] = mapped_column(Text)
-    body: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

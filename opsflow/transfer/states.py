@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch, claimer_name
+from opsflow.delivery.outbox import enqueue
 from opsflow.transfer.client import (
     Phase,
     ProviderUnavailable,
@@ -30,7 +31,6 @@ from opsflow.transfer.records import (
     FINAL_STATES,
     StateName,
     SyncedExperiment,
-    TransferNotice,
     TransferTransition,
 )
 from opsflow.transfer.sites import Site, SiteManager
@@ -248,11 +248,11 @@ def queue_notices(session: Session, experiment: SyncedExperiment, step: Transfer
             f"Site: {experiment.site}\nDestination: {experiment.destination}\n"
             f"State: {step.to_state} at {step.at:%Y-%m-%d %H:%M:%S} UTC\n"
             f"Reason: {step.reason}\n")
-    for recipient in recipients:
-        if recipient:
-            session.add(TransferNotice(key=f"transfer-{step.id}-{recipient}",
-                                       experiment_id=experiment.id, recipient=recipient,
-                                       subject=subject, body=body, created_at=step.at))
+    # The delivery flows' outbox sends them; the key (one per transition and recipient)
+    # keeps a rerun of this tick from queuing them twice.
+    enqueue(session, [{"key": f"transfer-{step.id}-{recipient}", "recipient": recipient,
+                       "subject": subject, "body": body}
+                      for recipient in recipients if recipient])
 
 
 def fail_temporarily(session: Session, experiment: SyncedExperiment, message: str,

@@ -78,22 +78,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_provider_datafiles')),
     sa.UniqueConstraint('experiment_id', 'path', name='uq_provider_datafiles_experiment_path')
     )
-    op.create_table('transfer_notices',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('key', sa.String(length=300), nullable=False),
-    sa.Column('experiment_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('recipient', sa.String(length=320), nullable=False),
-    sa.Column('subject', sa.Text(), nullable=False),
-    sa.Column('body', sa.Text(), nullable=False),
-    sa.Column('created_at', opsflow.store.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('sent_at', opsflow.store.UTCDateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['experiment_id'], ['synced_experiments.id'], name=op.f('fk_transfer_notices_experiment_id_synced_experiments'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_transfer_notices')),
-    sa.UniqueConstraint('key', name=op.f('uq_transfer_notices_key'))
-    )
-    with op.batch_alter_table('transfer_notices', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_transfer_notices_experiment_id'), ['experiment_id'], unique=False)
-
     op.create_table('transfer_transitions',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('experiment_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -116,10 +100,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_transfer_transitions_experiment_id'))
 
     op.drop_table('transfer_transitions')
-    with op.batch_alter_table('transfer_notices', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_transfer_notices_experiment_id'))
-
-    op.drop_table('transfer_notices')
     op.drop_table('provider_datafiles')
     op.drop_table('transfer_sites')
     with op.batch_alter_table('synced_experiments', schema=None) as batch_op:
