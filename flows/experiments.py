@@ -111,11 +111,14 @@ CLIENTS: dict[str, Callable[[str], TransferClient]] = {
 }
 
 
-def make_client(client: str, url: str) -> TransferClient:
+def make_client(client: str, url: str, provider_database_url: str | None = None
+                ) -> TransferClient:
+    """The named client; a deployment's runs use `provider_database_url`, or the provider's
+    own setting when it is None (the provider's store is not the consumer's)."""
     if client in CLIENTS:
         return CLIENTS[client](url)
     return DeploymentTransferClient(client if client != "deployment" else PROVIDER_DEPLOYMENT,
-                                    database_url=url)
+                                    database_url=provider_database_url)
 
 
 # --- provider --------------------------------------------------------------------------------
@@ -145,17 +148,19 @@ def transfer_experiment_files_flow(uid: str, destination: str, site: str,
 # --- consumer --------------------------------------------------------------------------------
 
 @task(cache_policy=NO_CACHE)
-def advance_batch(url: str, ids: list[int], claimer: str, client: str) -> dict[str, int]:
+def advance_batch(url: str, ids: list[int], claimer: str, client: str,
+                  provider_database_url: str | None = None) -> dict[str, int]:
     """Advance one claimed batch: all its run statuses in one read, then each experiment."""
     with sessions(url)() as session:
-        tick = Tick(make_client(client, url), RecordSiteManager(session), open_site_storage,
+        tick = Tick(make_client(client, url, provider_database_url), RecordSiteManager(session), open_site_storage,
                     utcnow(), RetryPolicy())
         return advance_claimed(session, ids, claimer=claimer, tick=tick)
 
 
 @flow(name="advance-transfers")
 def advance_transfers(client: str = "deployment", batch_size: int = BATCH,
-                      database_url: str | None = None) -> dict[str, int]:
+                      database_url: str | None = None,
+                      provider_database_url: str | None = None) -> dict[str, int]:
     """Advance every experiment that is not final and not backing off, once each.
 
     `client`: "deployment" (start the provider's `transfer-experiment-files/provider`
@@ -172,7 +177,8 @@ def advance_transfers(client: str = "deployment", batch_size: int = BATCH,
         if not ids:
             break
         after_id = max(ids)
-        for state, count in advance_batch(url, ids, claimer, client).items():
+        for state, count in advance_batch(url, ids, claimer, client,
+                                          provider_database_url).items():
             totals[state] = totals.get(state, 0) + count
     get_run_logger().info("Transfers advanced: %s", totals or "none due")
     return totals

@@ -90,7 +90,8 @@ def test_the_default_client_starts_the_provider_deployment_and_follows_its_run(
     assert client.statuses([handle])[handle].phase is Phase.PENDING
 
     # The tick requests the run itself (its own key), then waits on it while it is scheduled.
-    assert advance_transfers(client=client.deployment, database_url=url) == {"Requested": 1}
+    assert advance_transfers(client=client.deployment, database_url=url,
+                             provider_database_url=url) == {"Requested": 1}
     with session_scope(url) as session:
         run_id = session.scalars(select(SyncedExperiment)).one().run_handle
     assert run_id is not None
@@ -100,7 +101,8 @@ def test_the_default_client_starts_the_provider_deployment_and_follows_its_run(
     run_flow(transfer_experiment_files_flow, flow_run=flow_run,
              parameters=flow_run.parameters)  # what a worker would do
     assert client.statuses([run_id])[run_id].phase is Phase.COMPLETED
-    assert advance_transfers(client=client.deployment, database_url=url) == {"Complete": 1}
+    assert advance_transfers(client=client.deployment, database_url=url,
+                             provider_database_url=url) == {"Complete": 1}
 
 
 def test_a_provider_that_cannot_ever_transfer_fails_permanently(two_sites: str) -> None:
@@ -131,7 +133,7 @@ def test_a_provider_run_that_never_starts_is_stuck_and_requested_again(two_sites
     deployment.apply()
     name = f"transfer-experiment-files/{deployment.name}"
     broadcast_experiment("555", to="owners", database_url=url)
-    assert advance_transfers(client=name, database_url=url) == {"Requested": 1}
+    assert advance_transfers(client=name, database_url=url, provider_database_url=url) == {"Requested": 1}
     with session_scope(url) as session:
         first_run = session.scalars(select(SyncedExperiment)).one().run_handle
 
