@@ -9,8 +9,8 @@ a `run_deployment` call. The export carries everything; the flow fetches nothing
     sweep_booklet_results:   delete the results whose expiry has passed (run it hourly)
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect builds the parameter model from the
+# flow's annotations, and a served run (loaded from its entrypoint) cannot resolve them as text.
 from datetime import timedelta
 from typing import Any
 from uuid import UUID

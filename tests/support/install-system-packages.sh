@@ -11,6 +11,8 @@ command -v rsync >/dev/null 2>&1 || missing="$missing rsync"
 command -v rclone >/dev/null 2>&1 || missing="$missing rclone"
 command -v gpg >/dev/null 2>&1 || { missing="$missing gnupg"; PACKAGES="$PACKAGES gnupg"; }  # delivery: OpenPGP packages
 command -v lsyncd >/dev/null 2>&1 || { missing="$missing lsyncd"; PACKAGES="$PACKAGES lsyncd"; }  # sync benchmarks: lsyncd as the peer
+command -v soffice >/dev/null 2>&1 || { missing="$missing libreoffice-writer"; PACKAGES="$PACKAGES libreoffice-writer"; }  # booklet: ODT -> PDF
+command -v pdftotext >/dev/null 2>&1 || { missing="$missing poppler-utils"; PACKAGES="$PACKAGES poppler-utils"; }  # booklet: PDF text
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "missing Debian packages:$missing (run as root to install them)" >&2
