@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -41,7 +41,7 @@ from odf.text import (
     TableOfContentSource,
 )
 
-from opsflow.booklet.indico import Contribution, Event, Person, Session, event_sessions
+from opsflow.booklet.indico import Contribution, Event, Session, event_sessions
 from opsflow.booklet.options import BookletOptions, fill
 
 Progress = Callable[[int, int], None]  # (contributions done, contributions in all)
@@ -111,7 +111,9 @@ def clean(text: str) -> str:
 
 def abstract_paragraphs(description: str) -> list[str]:
     text = clean(description).strip()
-    return _PARAGRAPHS.split(text) if text else []
+    if "\n" not in text:  # the usual abstract: one paragraph, no regex needed
+        return [text] if text else []
+    return _PARAGRAPHS.split(text)
 
 
 def in_zone(moment: datetime, zone: ZoneInfo) -> datetime:
@@ -122,24 +124,28 @@ def in_zone(moment: datetime, zone: ZoneInfo) -> datetime:
 def author_groups(contribution: Contribution) -> list[tuple[str, list[tuple[str, str | None]]]]:
     """Authors grouped by affiliation, in order of first appearance: [(affiliation,
     [(name, text style or None)])]. Speakers are bold, co-authors italic; a speaker who is
-    not among the authors is listed too."""
-    speakers = {person.key for person in contribution.speakers}
+    not among the authors is listed too. A person is the same name and affiliation."""
+    speakers = {(p.name.casefold(), (p.affiliation or "").casefold())
+                for p in contribution.speakers}
     groups: dict[str, list[tuple[str, str | None]]] = {}
     seen: set[tuple[str, str]] = set()
-
-    def add(people: Iterable[Person], marker: str | None) -> None:
+    for people, marker in ((contribution.primaryauthors, None),
+                           (contribution.coauthors, "Co-author"),
+                           (contribution.speakers, "Speaker")):
         for person in people:
             name = person.name
-            if not name or person.key in seen:
+            affiliation = person.affiliation or ""
+            key = (name.casefold(), affiliation.casefold())
+            if not name or key in seen:
                 continue
-            seen.add(person.key)
-            style = "Speaker" if person.key in speakers else marker
-            groups.setdefault(clean(person.affiliation or ""), []).append((clean(name), style))
-
-    add(contribution.primaryauthors, None)
-    add(contribution.coauthors, "Co-author")
-    add(contribution.speakers, "Speaker")
-    return list(groups.items())
+            seen.add(key)
+            group = groups.get(affiliation)
+            if group is None:
+                group = groups[affiliation] = []
+            group.append((name, "Speaker" if key in speakers else marker))
+    # Names and affiliations are cleaned once per group, not once per use.
+    return [(clean(affiliation), [(clean(n), style) for n, style in names])
+            for affiliation, names in groups.items()]
 
 
 class BookletRenderer:
@@ -162,7 +168,10 @@ class BookletRenderer:
         return f"{self.weekdays[local.weekday()]} {local:%Y-%m-%d}"
 
     def clock(self, moment: datetime | None) -> str:
-        return "" if moment is None else f"{in_zone(moment, self.zone):%H:%M}"
+        if moment is None:
+            return ""
+        local = in_zone(moment, self.zone)
+        return f"{local.hour:02d}:{local.minute:02d}"
 
     def session_values(self, session: Session) -> dict[str, str]:
         return {"code": clean(session.label), "title": clean(session.title),
