@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import threading
 from datetime import datetime
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -62,6 +65,22 @@ def test_a_file_path_and_json_text_are_read(tmp_path, export: dict) -> None:
     path.write_text(json.dumps(export))
     assert read_export(str(path)).title == read_export(path.as_uri()).title
     assert read_export(json.dumps(export)).title == "International Particle Accelerator Conference"
+
+
+def test_an_export_is_fetched_from_a_url(tmp_path, export: dict) -> None:
+    (tmp_path / "event.json").write_text(json.dumps(export))
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert read_export(f"{base}/event.json").title.startswith("International")
+        with pytest.raises(BookletInputError, match=rf"^event: cannot read {base}/gone.json: .*404"):
+            read_export(f"{base}/gone.json")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _break(export: dict, how: str) -> object:

@@ -85,7 +85,8 @@ class LocalResultsArea:
             raise ValueError(f"not a plain file name: {filename!r}")
         token = new_token()
         folder = self.root / token
-        folder.mkdir(parents=True, mode=0o700)
+        # Private unless a web server publishes the folder (and must read it).
+        folder.mkdir(parents=True, mode=0o755 if self.base_url else 0o700)
         expires_at = _now(now) + expires_in
         # The expiry first: a crash after it leaves something the sweep will remove.
         (folder / EXPIRES_FILE).write_text(expires_at.isoformat() + "\n")
