@@ -122,6 +122,11 @@ class PathFilter:
 def relative(root: Path, path: str | bytes) -> str | None:
     """`path` relative to `root` as POSIX, or None when it is the root itself or outside."""
     text = os.fsdecode(path)
+    prefix = str(root).rstrip(os.sep) + os.sep
+    if text.startswith(prefix):  # the sensor's hot path: watchdog paths start with the root
+        rel = text[len(prefix):]
+        if rel and not any(part in ("", ".", "..") for part in rel.split(os.sep)):
+            return rel.replace(os.sep, "/")
     rel = os.path.relpath(text, root)
     if rel == "." or rel == ".." or rel.startswith("../"):
         return None
