@@ -73,7 +73,107 @@ class Deployment:
         return []
 
 
+SYNC_TRIGGER: dict[str, Any] = {
+    # The folder sensor emits `opsflow.sync.queued` for a mapping (a few times a second at
+    # most); each mapping gets its own sync-folder run, and a run already draining that
+    # mapping keeps the lease, so a second one steps aside at once.
+    "type": "event",
+    "name": "sync-on-queued",
+    "enabled": True,
+    "expect": ["opsflow.sync.queued"],
+    "match": {"prefect.resource.id": "opsflow.sync-mapping.*"},
+    "for_each": ["prefect.resource.id"],
+    "posture": "Reactive",
+    "threshold": 1,
+    "within": 0,
+    "parameters": {"mapping": "{{ event.resource.name }}"},
+}
+
 DEPLOYMENTS: list[Deployment] = [
+    # --- folder sync (seed 001) --------------------------------------------------------------
+    Deployment(
+        name="sync-folder",
+        entrypoint="flows/transfer.py:sync_folder",
+        description="Mirror one SyncMapping's queued changes to its target; woken by the "
+        "folder sensor's event, lingers while changes keep coming.",
+        triggers=(SYNC_TRIGGER,),
+        parameters={"mapping": "demo-outbox"},
+        tags=("sync",),
+    ),
+    Deployment(
+        name="sync-all-folders",
+        entrypoint="flows/transfer.py:sync_all_folders",
+        description="Safety net: every mapping compared with its remote listing, repairing "
+        "changes no event reported (sensor downtime, inotify overflow).",
+        interval=timedelta(minutes=15),
+        tags=("sync",),
+    ),
+    # --- delivery (seeds 000 and 002) --------------------------------------------------------
+    Deployment(
+        name="create-tips",
+        entrypoint="flows/delivery.py:create_tips",
+        description="One receiver tip per finalized submission and receiver.",
+        interval=timedelta(minutes=1),
+        tags=("delivery",),
+    ),
+    Deployment(
+        name="notify-receivers",
+        entrypoint="flows/delivery.py:notify_receivers",
+        description="Queue one mail per tip not yet notified, in the receiver's language.",
+        interval=timedelta(minutes=1),
+        tags=("delivery",),
+    ),
+    Deployment(
+        name="send-mail",
+        entrypoint="flows/delivery.py:send_mail",
+        description="Drain the outgoing mail queue over one SMTP connection: digests, hourly "
+        "limit, backoff, permanent rejections failed at once.",
+        interval=timedelta(seconds=30),
+        parameters={"smtp_block": "opsflow-smtp"},
+        tags=("delivery",),
+    ),
+    Deployment(
+        name="deliver-files",
+        entrypoint="flows/delivery.py:deliver_files",
+        description="Package each tip's files (OpenPGP when the receiver has a key), check "
+        "them, and push them through the target block when one is given.",
+        interval=timedelta(minutes=5),
+        tags=("delivery",),
+    ),
+    Deployment(
+        name="deliver-notifications",
+        entrypoint="flows/delivery.py:deliver_notifications",
+        description="Hand pending notification events to subscribers whose delivery window "
+        "is open (e-mail, SMS gateway, in-app memo).",
+        interval=timedelta(minutes=5),
+        tags=("delivery",),
+    ),
+    Deployment(
+        name="deliver-client-notifications",
+        entrypoint="flows/delivery.py:deliver_client_notifications",
+        description="Send queued client EML notifications over SMTP.",
+        interval=timedelta(minutes=5),
+        parameters={"smtp_block": "opsflow-smtp", "on_unreachable": "stop"},
+        tags=("delivery",),
+    ),
+    # --- generator and maintenance (seeds 002 and 000) ---------------------------------------
+    Deployment(
+        name="generate-pm-workorders",
+        entrypoint="flows/generator.py:generate_pm_workorders",
+        description="Service work orders for preventive maintenance that comes due.",
+        interval=timedelta(minutes=5),
+        parameters={"batch_size": 500, "max_batches": 200},
+        tags=("generator",),
+    ),
+    Deployment(
+        name="check-license",
+        entrypoint="flows/license.py:check_license",
+        description="Daily license check: OPS warned at each step before expiry; an expired "
+        "license fails the run.",
+        cron="0 6 * * *",
+        parameters={"block_name": "opsflow-license"},
+        tags=("maintenance",),
+    ),
     Deployment(
         name="sweep-flow-runs",
         entrypoint="flows/maintenance.py:sweep_flow_runs",
@@ -81,6 +181,51 @@ DEPLOYMENTS: list[Deployment] = [
         "14 days, with their logs and artifacts.",
         cron="17 * * * *",
         tags=("maintenance",),
+    ),
+    # --- experiment transfer (seed 003) ------------------------------------------------------
+    Deployment(
+        name="advance-transfers",
+        entrypoint="flows/experiments.py:advance_transfers",
+        description="Consumer tick: advance every experiment that is not final by one step "
+        "(request, follow, check integrity, complete or fail).",
+        interval=timedelta(seconds=30),
+        tags=("transfer",),
+    ),
+    Deployment(
+        # The provider's side: advance-transfers starts this deployment for each request.
+        name="provider",
+        entrypoint="flows/experiments.py:transfer_experiment_files_flow",
+        description="Provider: copy an experiment's datafiles to a site's storage, skipping "
+        "files already there with the same sha256, verifying each file written.",
+        tags=("transfer",),
+    ),
+    Deployment(
+        name="broadcast-experiment",
+        entrypoint="flows/experiments.py:broadcast_experiment",
+        description="Register an experiment (EPN) at every site that should receive it and "
+        "notify their admins.",
+        tags=("transfer",),
+    ),
+    Deployment(
+        name="restart-transfer",
+        entrypoint="flows/experiments.py:restart_transfer",
+        description="Send a failed experiment back to Ingested with its original destination.",
+        tags=("transfer",),
+    ),
+    # --- abstract booklet (seed 004) ---------------------------------------------------------
+    Deployment(
+        name="build-abstract-booklet",
+        entrypoint="flows/booklet.py:build_abstract_booklet",
+        description="Indico event export (JSON) in, ODT abstract booklet out, kept in the "
+        "results area until it expires.",
+        tags=("booklet",),
+    ),
+    Deployment(
+        name="sweep-booklet-results",
+        entrypoint="flows/booklet.py:sweep_booklet_results",
+        description="Delete booklet results whose expiry has passed.",
+        interval=timedelta(hours=1),
+        tags=("booklet", "maintenance"),
     ),
 ]
 

@@ -319,6 +319,9 @@ def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool) -> int:
     with temporary_settings(updates=updates):
         types, created = register_blocks()
         say(f"{types} block types registered, {created} demo blocks created")
+        from flows.jobs import ensure_job_limits
+
+        say(f"job limit: {ensure_job_limits()} slots (an exclusive job takes them all)")
         deployments = [runner_deployment(spec) for spec in DEPLOYMENTS]
         stop_sensors = start_sensors()
         say("folder sensors started" if stop_sensors else "no folder sensors (sensors.folder not there)")
