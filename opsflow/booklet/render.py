@@ -279,9 +279,10 @@ class BookletRenderer:
         if when:
             self.text.addElement(P(stylename=styles["Session Time"], text=when))
         if session.conveners:
-            line = P(stylename=styles["Session Conveners"], text=f"{self.texts['conveners']}: ")
+            line = P(stylename=styles["Session Conveners"])
             self.people(line, [(p.affiliation and clean(p.affiliation) or "",
-                                [(clean(p.name), None)]) for p in session.conveners if p.name])
+                                [(clean(p.name), None)]) for p in session.conveners if p.name],
+                        prefix=f"{self.texts['conveners']}: ")
             self.text.addElement(line)
 
     def contribution(self, contribution: Contribution, poster: bool) -> None:
@@ -312,21 +313,29 @@ class BookletRenderer:
                 line.addText(clean(value))
                 add(line)
 
-    def people(self, line: P, groups: list[tuple[str, list[tuple[str, str | None]]]]) -> None:
-        """`A, B (Affiliation); C (Other)` into `line`, each name in its text style."""
+    def people(self, line: P, groups: list[tuple[str, list[tuple[str, str | None]]]],
+               prefix: str = "") -> None:
+        """`A, B (Affiliation); C (Other)` into `line`, each name in its text style. Plain text
+        between two spans goes in as one text node: odfpy's cost is per node."""
         styles = self.styles
+        plain = prefix
         for g, (affiliation, names) in enumerate(groups):
             if g:
-                line.addText("; ")
+                plain += "; "
             for n, (name, style) in enumerate(names):
                 if n:
-                    line.addText(", ")
+                    plain += ", "
                 if style is None:
-                    line.addText(name)
+                    plain += name
                 else:
+                    if plain:
+                        line.addText(plain)
+                        plain = ""
                     line.addElement(Span(stylename=styles[style], text=name))
             if affiliation:
-                line.addText(f" ({affiliation})")
+                plain += f" ({affiliation})"
+        if plain:
+            line.addText(plain)
 
 
 def _by_start(contribution: Contribution) -> tuple:
