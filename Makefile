@@ -24,8 +24,9 @@ lint: $(STAMP)
 test: $(STAMP) system-packages lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# Every benchmark, one after the other (each prints its figures and the ratio to its peer).
 bench: $(STAMP) system-packages
-	$(VENV)/bin/python -m bench
+	for script in bench/*.py; do $(VENV)/bin/python -m bench.$$(basename $$script .py) || exit 1; done
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache
