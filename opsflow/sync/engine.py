@@ -66,6 +66,13 @@ def _outcome(action: Action, status: str, detail: str | None = None) -> Outcome:
     return Outcome(action.id, action.kind, action.path, action.dest_path, status, detail)
 
 
+def _failed(action: Action, detail: str | None) -> Outcome:
+    """A refused action: logged here, where the path and the target's reason are known."""
+    target = f" -> {action.dest_path!r}" if action.dest_path else ""
+    log.warning("not synced: %s %r%s: %s", action.kind, action.path, target, detail)
+    return _outcome(action, "failed", detail)
+
+
 def local_files_under(local_root: Path, folder: str, settings: MappingSettings) -> Iterator[str]:
     """Relative paths of the files under the local `folder` (a moved folder resent whole)."""
     top = resolve_inside(local_root, folder)
@@ -126,7 +133,7 @@ def apply_batch(transport: Transport, actions: Sequence[Action], settings: Mappi
         elif action.kind == ActionKind.MOVE:
             _move(transport, action, settings, report)
         else:
-            report(_outcome(action, "failed", f"unknown action kind {action.kind!r}"))
+            report(_failed(action, f"unknown action kind {action.kind!r}"))
     if sends:
         _send_all(transport, sends, settings, report)
     return outcomes
@@ -138,8 +145,7 @@ def _upload(action_path: str, settings: MappingSettings) -> Upload | str:
         local = resolve_inside(settings.local_root, action_path)
         info = local.stat()
     except PathRefused as exc:
-        log.warning("not synced: %s", exc)
-        return f"refused: {exc}"
+        return f"refused: {exc}"  # logged with its action by the caller
     except (FileNotFoundError, NotADirectoryError):
         return "skipped: the local file is gone"
     if not local.is_file():
@@ -154,8 +160,8 @@ def _send_all(transport: Transport, actions: Sequence[Action], settings: Mapping
     for action in actions:
         upload = _upload(action.path, settings)
         if isinstance(upload, str):
-            status = "failed" if upload.startswith("refused") else "skipped"
-            report(_outcome(action, status, upload))
+            report(_failed(action, upload) if upload.startswith("refused")
+                   else _outcome(action, "skipped", upload))
             continue
         if action.path not in owners:
             uploads.append(upload)
@@ -169,7 +175,7 @@ def _send_all(transport: Transport, actions: Sequence[Action], settings: Mapping
             elif not result.upload.local.exists():
                 report(_outcome(action, "skipped", "skipped: the local file vanished"))
             else:
-                report(_outcome(action, "failed", result.error))
+                report(_failed(action, result.error))
 
 
 def _delete(transport: Transport, action: Action, settings: MappingSettings,
@@ -186,7 +192,7 @@ def _delete(transport: Transport, action: Action, settings: MappingSettings,
     except TransportUnavailable:
         raise
     except TransportError as exc:
-        report(_outcome(action, "failed", str(exc)))
+        report(_failed(action, str(exc)))
         return
     report(_outcome(action, "done"))
 
@@ -203,7 +209,7 @@ def _move(transport: Transport, action: Action, settings: MappingSettings,
         _resend(transport, action, settings, report)
         return
     except TransportError as exc:
-        report(_outcome(action, "failed", str(exc)))
+        report(_failed(action, str(exc)))
         return
     report(_outcome(action, "done"))
 
@@ -220,11 +226,16 @@ def _resend(transport: Transport, action: Action, settings: MappingSettings,
         paths = list(local_files_under(settings.local_root, dest, settings))
     else:
         paths = [dest]
-    uploads = [u for u in (_upload(p, settings) for p in paths) if isinstance(u, Upload)]
+    uploads = []
+    for path in paths:
+        upload = _upload(path, settings)
+        if isinstance(upload, Upload):
+            uploads.append(upload)
+        elif upload.startswith("refused"):
+            log.warning("not synced: send %r: %s", path, upload)
     failures = [r.error for r in transport.send(uploads) if not r.ok]
     if failures:
-        report(_outcome(action, "failed", f"sent as {dest!r} after a missing source: "
-                        f"{failures[0]}"))
+        report(_failed(action, f"sent as {dest!r} after a missing source: {failures[0]}"))
     elif not uploads:
         report(_outcome(action, "skipped", "skipped: nothing to send at the destination"))
     else:
