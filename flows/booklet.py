@@ -24,6 +24,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from blocks.booklet import BookletConfig, BookletResults
+from flows.jobs import job_slot
 from opsflow.booklet.indico import Event, read_export
 from opsflow.booklet.options import BookletOptions
 from opsflow.booklet.render import render_booklet
@@ -98,25 +99,26 @@ def build_abstract_booklet(
     Returns {name, location, size, expires_at, path}; the link artifact `abstract-booklet`
     of the run gives the same location.
     """
-    logger = get_run_logger()
-    options = booklet_options(config)
-    area = results_block(results)
-    expires_in = timedelta(hours=expiry_hours) if expiry_hours else area.expiry
-    progress = create_progress_artifact(0.0, key=PROGRESS_KEY,
-                                        description="validating the export")
-    booklet_event = read_event(event)
-    update_progress_artifact(progress, 10.0, description=f"rendering {booklet_event.title!r}")
-    odt = render(booklet_event, options, progress)
-    update_progress_artifact(progress, 90.0, description="storing the booklet")
-    filename = safe_filename(f"{booklet_event.title} abstract booklet", ".odt")
-    stored = store(odt, filename, area, expires_in)
-    create_link_artifact(key=LINK_KEY, link=stored["location"], link_text=filename,
-                         description=f"Abstract booklet of {booklet_event.title}, "
-                         f"{stored['size']:,} bytes, kept until {stored['expires_at']}.")
-    update_progress_artifact(progress, 100.0, description="done")
-    logger.info("abstract booklet of %r stored as %s, until %s", booklet_event.title,
-                stored["name"], stored["expires_at"])
-    return stored
+    with job_slot():
+        logger = get_run_logger()
+        options = booklet_options(config)
+        area = results_block(results)
+        expires_in = timedelta(hours=expiry_hours) if expiry_hours else area.expiry
+        progress = create_progress_artifact(0.0, key=PROGRESS_KEY,
+                                            description="validating the export")
+        booklet_event = read_event(event)
+        update_progress_artifact(progress, 10.0, description=f"rendering {booklet_event.title!r}")
+        odt = render(booklet_event, options, progress)
+        update_progress_artifact(progress, 90.0, description="storing the booklet")
+        filename = safe_filename(f"{booklet_event.title} abstract booklet", ".odt")
+        stored = store(odt, filename, area, expires_in)
+        create_link_artifact(key=LINK_KEY, link=stored["location"], link_text=filename,
+                             description=f"Abstract booklet of {booklet_event.title}, "
+                             f"{stored['size']:,} bytes, kept until {stored['expires_at']}.")
+        update_progress_artifact(progress, 100.0, description="done")
+        logger.info("abstract booklet of %r stored as %s, until %s", booklet_event.title,
+                    stored["name"], stored["expires_at"])
+        return stored
 
 
 @task(cache_policy=NO_CACHE)
@@ -127,6 +129,7 @@ def sweep(results: BookletResults) -> list[str]:
 @flow(name="sweep-booklet-results")
 def sweep_booklet_results(results: BookletResults | str | None = None) -> int:
     """Delete the booklets whose expiry has passed; returns how many went."""
-    removed = sweep(results_block(results))
-    get_run_logger().info("removed %d expired booklet(s)", len(removed))
-    return len(removed)
+    with job_slot():
+        removed = sweep(results_block(results))
+        get_run_logger().info("removed %d expired booklet(s)", len(removed))
+        return len(removed)

@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.smtp import SmtpServer
 from blocks.targets import open_transport
+from flows.jobs import job_slot
 from opsflow.claim import claimer_name
 from opsflow.delivery import client, notify, packages, tips
 from opsflow.delivery.outbox import MailPolicy, SendReport, due_count, send_batch
@@ -59,15 +60,16 @@ def create_tips_batch(database_url: str, claimer: str, batch_size: int,
 def create_tips(database_url: str | None = None, batch_size: int = 1000,
                 now: datetime | None = None) -> dict[str, int]:
     """Every finalized submission gets exactly one tip per receiver."""
-    url, claimer = _store(database_url), claimer_name("create_tips:")
-    submissions = created = 0
-    while True:
-        claimed, made = create_tips_batch(url, claimer, batch_size, now)
-        submissions, created = submissions + claimed, created + made
-        if claimed < batch_size:
-            break
-    get_run_logger().info("%d submissions, %d tips created", submissions, created)
-    return {"submissions": submissions, "tips": created}
+    with job_slot():
+        url, claimer = _store(database_url), claimer_name("create_tips:")
+        submissions = created = 0
+        while True:
+            claimed, made = create_tips_batch(url, claimer, batch_size, now)
+            submissions, created = submissions + claimed, created + made
+            if claimed < batch_size:
+                break
+        get_run_logger().info("%d submissions, %d tips created", submissions, created)
+        return {"submissions": submissions, "tips": created}
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -84,15 +86,16 @@ def notify_receivers(database_url: str | None = None, batch_size: int = 2000,
                      digest_window_s: float = 600, now: datetime | None = None
                      ) -> dict[str, int]:
     """Queue one mail per `not notified` tip; `send_mail` sends it and marks the tip."""
-    url, claimer = _store(database_url), claimer_name("notify_receivers:")
-    tips_seen = queued = 0
-    while True:
-        claimed, made = queue_tip_mails_batch(url, claimer, batch_size, digest_window_s, now)
-        tips_seen, queued = tips_seen + claimed, queued + made
-        if claimed < batch_size:
-            break
-    get_run_logger().info("%d tips, %d mails queued", tips_seen, queued)
-    return {"tips": tips_seen, "mails_queued": queued}
+    with job_slot():
+        url, claimer = _store(database_url), claimer_name("notify_receivers:")
+        tips_seen = queued = 0
+        while True:
+            claimed, made = queue_tip_mails_batch(url, claimer, batch_size, digest_window_s, now)
+            tips_seen, queued = tips_seen + claimed, queued + made
+            if claimed < batch_size:
+                break
+        get_run_logger().info("%d tips, %d mails queued", tips_seen, queued)
+        return {"tips": tips_seen, "mails_queued": queued}
 
 
 # --- mail ----------------------------------------------------------------------------------
@@ -120,28 +123,29 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
     Retries back off per mail; a server that is down ends the batch, with every mail in it
     counted and delayed, rather than stalling the queue.
     """
-    url, claimer = _store(database_url), claimer_name("send_mail:")
-    policy = MailPolicy(max_attempts=max_attempts, hourly_limit=hourly_limit,
-                        backoff_base=timedelta(seconds=backoff_base_s),
-                        backoff_max=timedelta(seconds=backoff_max_s))
-    with sessions(url)() as session:
-        ahead = due_count(session, now)
-    progress = create_progress_artifact(0.0, key="send-mail-progress",
-                                        description=f"{ahead} mails due at the start")
-    total = SendReport()
-    while True:
-        report = send_mail_batch(url, smtp_block, claimer, batch_size, policy, now)
-        total.add(report)
-        update_progress_artifact(progress, min(100.0, 100.0 * total.claimed / max(ahead, 1)))
-        if report.server_down:  # the rest waits for the next run instead of timing out here
-            get_run_logger().warning("SMTP server unreachable; the rest waits for the next run")
-            break
-        if report.claimed < batch_size:
-            break
-    figures = {k: int(v) for k, v in vars(total).items() if k != "errors"}
-    _summary("send-mail", "Outgoing mail: this run", figures)
-    get_run_logger().info("mail: %s", figures)
-    return figures
+    with job_slot():
+        url, claimer = _store(database_url), claimer_name("send_mail:")
+        policy = MailPolicy(max_attempts=max_attempts, hourly_limit=hourly_limit,
+                            backoff_base=timedelta(seconds=backoff_base_s),
+                            backoff_max=timedelta(seconds=backoff_max_s))
+        with sessions(url)() as session:
+            ahead = due_count(session, now)
+        progress = create_progress_artifact(0.0, key="send-mail-progress",
+                                            description=f"{ahead} mails due at the start")
+        total = SendReport()
+        while True:
+            report = send_mail_batch(url, smtp_block, claimer, batch_size, policy, now)
+            total.add(report)
+            update_progress_artifact(progress, min(100.0, 100.0 * total.claimed / max(ahead, 1)))
+            if report.server_down:  # the rest waits for the next run instead of timing out here
+                get_run_logger().warning("SMTP server unreachable; the rest waits for the next run")
+                break
+            if report.claimed < batch_size:
+                break
+        figures = {k: int(v) for k, v in vars(total).items() if k != "errors"}
+        _summary("send-mail", "Outgoing mail: this run", figures)
+        get_run_logger().info("mail: %s", figures)
+        return figures
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -184,19 +188,20 @@ def deliver_files(database_url: str | None = None, package_folder: str | None = 
                   ) -> dict[str, int]:
     """Package each `not yet delivered` tip (checked, encrypted when the receiver has a key),
     then push it to the target: `delivery available`, then `delivery performed`."""
-    url, claimer = _store(database_url), claimer_name("deliver_files:")
-    folder = package_folder or str(get_settings().data_dir / "packages")
-    policy = packages.DeliveryPolicy(max_attempts=max_attempts)
-    total = packages.DeliveryReport()
-    while True:
-        report = deliver_files_batch(url, claimer, batch_size, folder, target_block,
-                                     target_folder, policy, now)
-        total.add(report)
-        if report.claimed < batch_size:
-            break
-    figures = {k: v for k, v in vars(total).items() if k != "errors"}
-    _summary("deliver-files", "File delivery: this run", figures)
-    return figures
+    with job_slot():
+        url, claimer = _store(database_url), claimer_name("deliver_files:")
+        folder = package_folder or str(get_settings().data_dir / "packages")
+        policy = packages.DeliveryPolicy(max_attempts=max_attempts)
+        total = packages.DeliveryReport()
+        while True:
+            report = deliver_files_batch(url, claimer, batch_size, folder, target_block,
+                                         target_folder, policy, now)
+            total.add(report)
+            if report.claimed < batch_size:
+                break
+        figures = {k: v for k, v in vars(total).items() if k != "errors"}
+        _summary("deliver-files", "File delivery: this run", figures)
+        return figures
 
 
 # --- notifications (AyaNova) ---------------------------------------------------------------
@@ -217,20 +222,21 @@ def deliver_notifications(database_url: str | None = None, batch_size: int = 500
     """Pending events to each subscriber whose delivery window is open now; the rest wait.
 
     E-mail and SMS items are queued for `send_mail`; memos are written at once."""
-    url, claimer = _store(database_url), claimer_name("deliver_notifications:")
-    totals = {"events": 0, "delivered": 0, "waiting": 0, "removed": 0}
-    try:
-        while True:
-            report = deliver_notifications_batch(url, claimer, batch_size, now)
-            for name in totals:
-                totals[name] += getattr(report, name)
-            if report.events < batch_size:
-                break
-    finally:
-        with sessions(url)() as session:
-            notify.release_waiting(session, claimer=claimer)
-    get_run_logger().info("notifications: %s", totals)
-    return totals
+    with job_slot():
+        url, claimer = _store(database_url), claimer_name("deliver_notifications:")
+        totals = {"events": 0, "delivered": 0, "waiting": 0, "removed": 0}
+        try:
+            while True:
+                report = deliver_notifications_batch(url, claimer, batch_size, now)
+                for name in totals:
+                    totals[name] += getattr(report, name)
+                if report.events < batch_size:
+                    break
+        finally:
+            with sessions(url)() as session:
+                notify.release_waiting(session, claimer=claimer)
+        get_run_logger().info("notifications: %s", totals)
+        return totals
 
 
 @task(cache_policy=NO_CACHE)
@@ -256,17 +262,18 @@ def deliver_client_notifications(database_url: str | None = None,
 
     `on_unreachable`: "stop" fails the run when the SMTP server cannot be reached (the
     messages stay for the retry), "drop" logs each one undeliverable and removes it."""
-    url, claimer = _store(database_url), claimer_name("deliver_client_notifications:")
-    totals = {"sent": 0, "dropped": 0}
-    while True:
-        try:
-            report = deliver_client_notifications_batch(url, smtp_block, claimer, batch_size,
-                                                        on_unreachable, now)
-        except SmtpUnavailable as exc:
-            get_run_logger().error("SMTP server unreachable, stopping: %s", exc)
-            raise
-        totals["sent"] += report.sent
-        totals["dropped"] += report.dropped
-        if report.claimed < batch_size:
-            break
-    return totals
+    with job_slot():
+        url, claimer = _store(database_url), claimer_name("deliver_client_notifications:")
+        totals = {"sent": 0, "dropped": 0}
+        while True:
+            try:
+                report = deliver_client_notifications_batch(url, smtp_block, claimer, batch_size,
+                                                            on_unreachable, now)
+            except SmtpUnavailable as exc:
+                get_run_logger().error("SMTP server unreachable, stopping: %s", exc)
+                raise
+            totals["sent"] += report.sent
+            totals["dropped"] += report.dropped
+            if report.claimed < batch_size:
+                break
+        return totals

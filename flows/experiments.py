@@ -23,6 +23,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
 
 from blocks.targets import open_transport
+from flows.jobs import job_slot
 from opsflow.claim import claimer_name
 from opsflow.settings import get_settings
 from opsflow.store import session_scope, sessions, utcnow
@@ -129,20 +130,21 @@ def transfer_experiment_files_flow(uid: str, destination: str, site: str,
     """Copy an experiment's datafiles to a site: skip those already there with the same
     sha256, hash the rest while they stream. Fails with the cause (PermanentTransferError
     when no retry can help)."""
-    url = database_url or get_settings().database_url
-    with session_scope(url) as session:
-        found = RecordSiteManager(session).get(site)
-        if found is None:
-            from opsflow.transfer.client import PermanentTransferError
+    with job_slot():
+        url = database_url or get_settings().database_url
+        with session_scope(url) as session:
+            found = RecordSiteManager(session).get(site)
+            if found is None:
+                from opsflow.transfer.client import PermanentTransferError
 
-            raise PermanentTransferError(f"site {site!r} is not registered")
-        transport = open_site_storage(found)
-        try:
-            report = transfer_experiment_files(session, uid, destination, transport)
-        finally:
-            transport.close()
-    get_run_logger().info("%s to %s: %s", uid, site, report.summary())
-    return report.summary()
+                raise PermanentTransferError(f"site {site!r} is not registered")
+            transport = open_site_storage(found)
+            try:
+                report = transfer_experiment_files(session, uid, destination, transport)
+            finally:
+                transport.close()
+        get_run_logger().info("%s to %s: %s", uid, site, report.summary())
+        return report.summary()
 
 
 # --- consumer --------------------------------------------------------------------------------
@@ -166,45 +168,48 @@ def advance_transfers(client: str = "deployment", batch_size: int = BATCH,
     `client`: "deployment" (start the provider's `transfer-experiment-files/provider`
     deployment), another deployment name, or "in-process" (provider and consumer in one).
     """
-    url = database_url or get_settings().database_url
-    claimer = claimer_name("advance-transfers:")
-    totals: dict[str, int] = {}
-    after_id = 0
-    while True:
-        with sessions(url)() as session:
-            ids = claim_due(session, claimer=claimer, limit=batch_size, lease=LEASE,
-                            now=utcnow(), after_id=after_id)
-        if not ids:
-            break
-        after_id = max(ids)
-        for state, count in advance_batch(url, ids, claimer, client,
-                                          provider_database_url).items():
-            totals[state] = totals.get(state, 0) + count
-    get_run_logger().info("Transfers advanced: %s", totals or "none due")
-    return totals
+    with job_slot():
+        url = database_url or get_settings().database_url
+        claimer = claimer_name("advance-transfers:")
+        totals: dict[str, int] = {}
+        after_id = 0
+        while True:
+            with sessions(url)() as session:
+                ids = claim_due(session, claimer=claimer, limit=batch_size, lease=LEASE,
+                                now=utcnow(), after_id=after_id)
+            if not ids:
+                break
+            after_id = max(ids)
+            for state, count in advance_batch(url, ids, claimer, client,
+                                              provider_database_url).items():
+                totals[state] = totals.get(state, 0) + count
+        get_run_logger().info("Transfers advanced: %s", totals or "none due")
+        return totals
 
 
 @flow(name="broadcast-experiment")
 def broadcast_experiment(epn: str, to: Literal["all", "owners"] = "all",
                          database_url: str | None = None) -> list[str]:
     """Register an experiment at every site (or at its owners' sites); returns the sites."""
-    url = database_url or get_settings().database_url
-    with session_scope(url) as session:
-        synced = register_experiment(session, epn, RecordSiteManager(session),
-                                     broadcast=(to == "all"))
-        names = [s.site for s in synced]
-    get_run_logger().info("EPN %s registered at %s", epn, ", ".join(names) or "no site")
-    return names
+    with job_slot():
+        url = database_url or get_settings().database_url
+        with session_scope(url) as session:
+            synced = register_experiment(session, epn, RecordSiteManager(session),
+                                         broadcast=(to == "all"))
+            names = [s.site for s in synced]
+        get_run_logger().info("EPN %s registered at %s", epn, ", ".join(names) or "no site")
+        return names
 
 
 @flow(name="restart-transfer")
 def restart_transfer(uid: str, site: str | None = None,
                      database_url: str | None = None) -> list[str]:
     """Send a failed experiment back to Ingested with its original destination."""
-    url = database_url or get_settings().database_url
-    with session_scope(url) as session:
-        rows = restart_experiment(session, uid, site=site)
-        names = [r.site for r in rows]
-    get_run_logger().info("%s restarted at %s (state %s)", uid, ", ".join(names),
-                          StateName.INGESTED)
-    return names
+    with job_slot():
+        url = database_url or get_settings().database_url
+        with session_scope(url) as session:
+            rows = restart_experiment(session, uid, site=site)
+            names = [r.site for r in rows]
+        get_run_logger().info("%s restarted at %s (state %s)", uid, ", ".join(names),
+                              StateName.INGESTED)
+        return names

@@ -21,6 +21,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from blocks.sync_mapping import SyncMapping, mapping_names
+from flows.jobs import job_slot
 from opsflow.claim import claimer_name
 from opsflow.settings import get_settings
 from opsflow.store import utcnow
@@ -164,48 +165,49 @@ def sync_folder(mapping: str, full: bool = False, linger: float = 3.0,
     in claimed batches, one task each, over one connection; keep polling for `linger`
     seconds of quiet so that a burst of files pays the flow start-up once.
     """
-    logger = get_run_logger()
-    url = database_url or get_settings().database_url
-    block = SyncMapping.load(mapping)
-    settings = block.settings(mapping)
-    if max_delete is not None:
-        settings = replace(settings, max_delete=max_delete)
-    owner = claimer_name("sync-")
-    after_crash = queue.drain_left_behind(url, mapping)
-    queue.reclaim_dead_leases(url, mapping)
-    if not queue.acquire_drain(url, mapping, owner, lease=DRAIN_LEASE):
-        logger.info("A drain of %r is running already; it takes the new work.", mapping)
-        return {"stepped_aside": 1}
-    connection = TargetConnection(block.open_transport)
-    report = RunReport()
-    progress = create_progress_artifact(0.0, key=f"{_artifact_key(mapping)}-progress",
-                                        description=f"Sync of {mapping}")
-    try:
-        with Heartbeat(url, mapping, owner, drain_lease=DRAIN_LEASE, every=RENEW_EVERY):
-            queued = prepare_sync(url, settings, connection, full, after_crash)
-            if queued:
-                logger.info("Queued %d actions (first sync or full compare).", queued)
-            while True:
-                _drain(url, settings, connection, owner, linger, report, progress)
-                # Released before the last look: work the sensor queued meanwhile either
-                # shows up here, or was queued after the release and woke a new run.
-                queue.release_drain(url, mapping, owner)
-                if not (queue.has_due(url, mapping)
-                        and queue.acquire_drain(url, mapping, owner, lease=DRAIN_LEASE)):
-                    break
-    finally:
-        connection.close()
-        queue.release_drain(url, mapping, owner)
-        queue.purge_done(url, mapping, older_than=timedelta(days=1))
-        report.artifact(mapping)
-        update_progress_artifact(progress, 100.0)
-    logger.info("Sync of %s: %s", mapping, report.counts)
-    failed = report.first_failure
-    if failed is not None:
-        # Everything else was applied; the failed actions stay marked (see the table).
-        raise SyncActionsFailed(f"{report.counts['failed']} sync action(s) of {mapping!r} "
-                                f"failed, e.g. {failed.kind} {failed.path!r}: {failed.detail}")
-    return report.counts
+    with job_slot():
+        logger = get_run_logger()
+        url = database_url or get_settings().database_url
+        block = SyncMapping.load(mapping)
+        settings = block.settings(mapping)
+        if max_delete is not None:
+            settings = replace(settings, max_delete=max_delete)
+        owner = claimer_name("sync-")
+        after_crash = queue.drain_left_behind(url, mapping)
+        queue.reclaim_dead_leases(url, mapping)
+        if not queue.acquire_drain(url, mapping, owner, lease=DRAIN_LEASE):
+            logger.info("A drain of %r is running already; it takes the new work.", mapping)
+            return {"stepped_aside": 1}
+        connection = TargetConnection(block.open_transport)
+        report = RunReport()
+        progress = create_progress_artifact(0.0, key=f"{_artifact_key(mapping)}-progress",
+                                            description=f"Sync of {mapping}")
+        try:
+            with Heartbeat(url, mapping, owner, drain_lease=DRAIN_LEASE, every=RENEW_EVERY):
+                queued = prepare_sync(url, settings, connection, full, after_crash)
+                if queued:
+                    logger.info("Queued %d actions (first sync or full compare).", queued)
+                while True:
+                    _drain(url, settings, connection, owner, linger, report, progress)
+                    # Released before the last look: work the sensor queued meanwhile either
+                    # shows up here, or was queued after the release and woke a new run.
+                    queue.release_drain(url, mapping, owner)
+                    if not (queue.has_due(url, mapping)
+                            and queue.acquire_drain(url, mapping, owner, lease=DRAIN_LEASE)):
+                        break
+        finally:
+            connection.close()
+            queue.release_drain(url, mapping, owner)
+            queue.purge_done(url, mapping, older_than=timedelta(days=1))
+            report.artifact(mapping)
+            update_progress_artifact(progress, 100.0)
+        logger.info("Sync of %s: %s", mapping, report.counts)
+        failed = report.first_failure
+        if failed is not None:
+            # Everything else was applied; the failed actions stay marked (see the table).
+            raise SyncActionsFailed(f"{report.counts['failed']} sync action(s) of {mapping!r} "
+                                    f"failed, e.g. {failed.kind} {failed.path!r}: {failed.detail}")
+        return report.counts
 
 
 @flow(name="sync-all-folders")

@@ -33,7 +33,7 @@ class JobSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPSFLOW_", extra="ignore")
 
     job_slots: int = Field(
-        default=4, ge=1, le=1000,
+        default=10, ge=1, le=1000,
         description="Slots of the opsflow-jobs limit: ordinary runs beside each other; an "
         "exclusive run takes them all.",
     )
