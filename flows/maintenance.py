@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import acreate_table_artifact
+from prefect.artifacts import acreate_table_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
@@ -28,8 +29,34 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ObjectNotFound
 
+from flows.jobs import job_slot
+from opsflow.delivery.outbox import MailPolicy
+from opsflow.license import normalize_steps
+from opsflow.maintenance.cleaning import EXPIRED, UNFINISHED, erase_batch, expired, unfinished
+from opsflow.maintenance.erase import Erased
+from opsflow.maintenance.mail_sweep import (
+    WATCHED,
+    StuckPolicy,
+    StuckReport,
+    current_problems,
+    delete_sent_mails,
+    sweep_stuck,
+)
+from opsflow.maintenance.ops_alerts import report_changes
+from opsflow.maintenance.orphans import (
+    FileCheck,
+    OrphanOutcome,
+    check_files,
+    clear_orphans,
+    references,
+    remove_unreferenced,
+)
+from opsflow.maintenance.reminders import StepWindow, queue_reminders, step_windows
+from opsflow.maintenance.statistics import complete_timeframes, record_timeframe, timeframe_start
+from opsflow.maintenance.vacuum import upkeep
 from opsflow.retention import Cutoff, retention_cutoffs
 from opsflow.settings import get_settings
+from opsflow.store import get_engine, session_scope, sessions, utcnow
 
 # The API reads at most 200 flow runs per request, and bulk-deletes at most 50.
 MAX_BATCH = 200
@@ -215,3 +242,345 @@ async def sweep_flow_runs(
         run_id, reason = next(iter(failed.items()))
         raise RuntimeError(f"{len(failed)} flow runs could not be deleted, e.g. {run_id}: {reason}")
     return {str(row["states"]): int(row["runs deleted"]) for row in rows}  # type: ignore[call-overload]
+
+
+# --- the record store's housekeeping (seeds 000 and 002) --------------------------------------
+#
+# Each flow below is a list of steps over the record store; each step runs a task per batch
+# until its batch comes back short. The `now` parameter sets the clock (tests move it instead
+# of waiting); by default it is the time the run starts.
+
+def _store(database_url: str | None) -> str:
+    return database_url or get_settings().database_url
+
+
+def _table(key: str, description: str, rows: list[dict[str, object]]) -> None:
+    create_table_artifact(key=key, table=rows, description=description)
+
+
+def _row(step: str, done: int, skipped: int = 0, failed: int = 0,
+         note: str = "") -> dict[str, object]:
+    return {"step": step, "done": done, "skipped": skipped, "failed": failed, "note": note}
+
+
+def _warn(errors: list[str]) -> None:
+    logger = get_run_logger()
+    for error in errors[:10]:
+        logger.warning("%s", error)
+
+
+# --- clean_expired ---------------------------------------------------------------------------
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def queue_reminders_batch(database_url: str, window: StepWindow, now: datetime,
+                          batch_size: int) -> tuple[int, int]:
+    """Queue one batch of expiry reminders at one step: (found, queued)."""
+    with sessions(database_url)() as session:
+        return queue_reminders(session, window, now=now, limit=batch_size)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def erase_submissions_batch(database_url: str, reason: str, batch_size: int, now: datetime,
+                            unfinished_after: timedelta, skip: list[int]) -> tuple[int, Erased]:
+    """Erase one batch of expired or unfinished submissions with their tips and files."""
+    where = expired(now) if reason == EXPIRED else unfinished(now, unfinished_after)
+    with sessions(database_url)() as session:
+        found, erased = erase_batch(session, where, reason, limit=batch_size, now=now, skip=skip)
+    _warn(erased.errors)
+    return found, erased
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def delete_sent_mails_batch(database_url: str, before: datetime, batch_size: int,
+                            reason: str) -> int:
+    """Delete one batch of mails sent before `before`, each audited."""
+    with sessions(database_url)() as session:
+        return delete_sent_mails(session, before, limit=batch_size, reason=reason)
+
+
+def _drain_sent_mails(url: str, before: datetime, batch_size: int, reason: str) -> int:
+    deleted = 0
+    while True:
+        found = delete_sent_mails_batch(url, before, batch_size, reason)
+        deleted += found
+        if found < batch_size:
+            return deleted
+
+
+@flow(name="clean-expired", retries=1, retry_delay_seconds=60)
+def clean_expired(database_url: str | None = None, batch_size: int = 200,
+                  reminder_days: list[int] | None = None,
+                  unfinished_hours: float | None = None, sent_mail_days: float | None = None,
+                  now: datetime | None = None) -> dict[str, int]:
+    """GlobaLeaks' cleaning: remind receivers before their submissions expire, then delete
+    expired submissions and unfinished ones with their tips and files (files overwritten
+    first), and sent mails past their retention; every deletion audited.
+
+    Defaults: OPSFLOW_EXPIRY_REMINDER_DAYS (28,14,7,3), OPSFLOW_UNFINISHED_SUBMISSION_HOURS
+    (24), OPSFLOW_SENT_MAIL_RETENTION_DAYS (14). Each batch is its own transaction: a run
+    killed at any point is finished by the next one.
+    """
+    settings = get_settings()
+    url, now = _store(database_url), now or utcnow()
+    steps = normalize_steps(reminder_days if reminder_days is not None
+                            else settings.expiry_reminder_days)
+    unfinished_after = timedelta(hours=unfinished_hours or settings.unfinished_submission_hours)
+    mails_before = now - timedelta(days=sent_mail_days or settings.sent_mail_retention_days)
+    rows: list[dict[str, object]] = []
+    figures: dict[str, int] = {}
+    with job_slot():
+        reminded = raced = 0
+        for window in step_windows(steps, now):
+            while True:
+                found, queued = queue_reminders_batch(url, window, now, batch_size)
+                reminded, raced = reminded + queued, raced + found - queued
+                if found < batch_size:
+                    break
+        rows.append(_row("expiry reminders queued", reminded, raced,
+                         note=f"steps {', '.join(map(str, steps))} days; skipped: another run"))
+        figures["reminders"] = reminded
+
+        for reason in (EXPIRED, UNFINISHED):
+            total, skip = Erased(), []
+            while True:
+                found, erased = erase_submissions_batch(url, reason, batch_size, now,
+                                                        unfinished_after, skip)
+                total.add(erased)
+                skip.extend(erased.kept)
+                if found < batch_size:
+                    break
+            rows.append(_row(f"{reason} submissions deleted", total.submissions,
+                             len(total.kept), len(total.errors),
+                             note=f"{total.tips} tips, {total.files} files; "
+                                  f"{total.files_overwritten} stored files overwritten, "
+                                  f"{total.files_already_gone} gone already"))
+            figures[f"{reason}_submissions"] = total.submissions
+            figures[f"{reason}_failed"] = len(total.kept)
+
+        figures["sent_mails"] = _drain_sent_mails(url, mails_before, batch_size,
+                                                  "sent mail retention")
+        rows.append(_row("sent mails deleted", figures["sent_mails"],
+                         note=f"sent before {mails_before.isoformat(timespec='minutes')}"))
+    _table("clean-expired", "Cleaning: reminders and deletions of this run", rows)
+    get_run_logger().info("cleaning: %s", figures)
+    failed = figures["expired_failed"] + figures["unfinished_failed"]
+    if failed:
+        raise RuntimeError(f"{failed} submission(s) kept because a stored file could not be "
+                           "overwritten and removed; see the warnings, the next run retries")
+    return figures
+
+
+# --- record_statistics -----------------------------------------------------------------------
+
+STATISTICS_CHUNK = 24  # timeframes per task
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def record_statistics_batch(database_url: str, starts: list[datetime], minutes: int,
+                            now: datetime) -> list[dict[str, object]]:
+    """Count and upsert a batch of timeframes, in one transaction."""
+    length = timedelta(minutes=minutes)
+    with session_scope(database_url) as session:
+        return [{"timeframe": start.isoformat(timespec="minutes"),
+                 **asdict(record_timeframe(session, start, length, now=now))}
+                for start in starts]
+
+
+@flow(name="record-statistics", retries=1, retry_delay_seconds=60)
+def record_statistics(database_url: str | None = None, timeframes: int = 3,
+                      since: datetime | None = None, timeframe_minutes: int | None = None,
+                      now: datetime | None = None) -> list[dict[str, object]]:
+    """One statistics row per complete timeframe: the last `timeframes` of them (recounted,
+    so that late records and a missed run are caught up), or every one from `since`.
+
+    Timeframe length: OPSFLOW_STATISTICS_TIMEFRAME_MINUTES (60). A recounted timeframe's row
+    is updated in place.
+    """
+    minutes = timeframe_minutes or get_settings().statistics_timeframe_minutes
+    length, now = timedelta(minutes=minutes), now or utcnow()
+    if since is not None:
+        count = max(0, (timeframe_start(now, length) - timeframe_start(since, length)) // length)
+    else:
+        count = timeframes
+    if count < 1:
+        raise ValueError(f"nothing to count: timeframes={timeframes}, since={since}")
+    starts = complete_timeframes(now, length, count)
+    url = _store(database_url)
+    rows: list[dict[str, object]] = []
+    with job_slot():
+        for offset in range(0, len(starts), STATISTICS_CHUNK):
+            rows.extend(record_statistics_batch(
+                url, starts[offset:offset + STATISTICS_CHUNK], minutes, now))
+    _table("record-statistics", f"Statistics per {minutes}-minute timeframe", rows[-48:])
+    get_run_logger().info("statistics recorded for %d timeframe(s) from %s", len(rows),
+                          starts[0].isoformat())
+    return rows
+
+
+# --- sweep_notifications ---------------------------------------------------------------------
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def sweep_stuck_batch(database_url: str, now: datetime, policy: StuckPolicy,
+                      batch_size: int) -> StuckReport:
+    """Requeue or give up on one batch of stuck mails."""
+    with sessions(database_url)() as session:
+        return sweep_stuck(session, now=now, policy=policy, limit=batch_size)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def alert_ops_task(database_url: str, report: StuckReport, ops_email: str,
+                   now: datetime) -> list[str]:
+    """Tell OPS of the problems that are new or changed; the summaries of those told."""
+    with session_scope(database_url) as session:
+        problems = current_problems(session, report)
+        alerted = report_changes(session, problems, WATCHED, ops_email=ops_email, now=now)
+    return [p.summary for p in alerted]
+
+
+@flow(name="sweep-notifications", retries=1, retry_delay_seconds=60)
+def sweep_notifications(database_url: str | None = None, batch_size: int = 500,
+                        max_attempts: int = MailPolicy().max_attempts,
+                        stuck_hours: float | None = None, sent_mail_days: float | None = None,
+                        now: datetime | None = None) -> dict[str, int]:
+    """AyaNova's notification sweeper: delete sent mails past retention, requeue mails whose
+    sender died, give up on mails over the attempt cap or queued too long, and tell OPS of
+    each distinct problem once (again only when it changes or comes back).
+
+    Defaults: OPSFLOW_SENT_MAIL_RETENTION_DAYS (14), OPSFLOW_MAIL_STUCK_HOURS (48); alerts
+    go to OPSFLOW_OPS_EMAIL through the mail outbox.
+    """
+    settings = get_settings()
+    url, now = _store(database_url), now or utcnow()
+    policy = StuckPolicy(max_attempts=max_attempts, max_queued=timedelta(
+        hours=stuck_hours or settings.mail_stuck_hours))
+    mails_before = now - timedelta(days=sent_mail_days or settings.sent_mail_retention_days)
+    with job_slot():
+        deleted = _drain_sent_mails(url, mails_before, batch_size, "sent mail retention")
+        total = StuckReport()
+        while True:
+            report = sweep_stuck_batch(url, now, policy, batch_size)
+            total.add(report)
+            if report.found < batch_size:
+                break
+        alerted = alert_ops_task(url, total, settings.ops_email, now)
+    rows = [
+        _row("sent mails deleted", deleted,
+             note=f"sent before {mails_before.isoformat(timespec='minutes')}"),
+        _row("requeued (sender's lease ran out)", total.requeued),
+        _row("marked undeliverable", total.undeliverable,
+             note=f"cap {policy.max_attempts} attempts, queued over {policy.max_queued}"),
+        _row("OPS alerts queued", len(alerted), note="; ".join(alerted)),
+    ]
+    _table("sweep-notifications", "Notification sweep: this run", rows)
+    figures = {"sent_deleted": deleted, "requeued": total.requeued,
+               "undeliverable": total.undeliverable, "alerts": len(alerted)}
+    get_run_logger().info("notification sweep: %s", figures)
+    return figures
+
+
+# --- maintain_database -----------------------------------------------------------------------
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def clear_orphans_batch(database_url: str, label: str, batch_size: int) -> OrphanOutcome:
+    """Delete, unlink or count one batch of orphans of one foreign key."""
+    ref = next(r for r in references() if r.label == label)
+    with sessions(database_url)() as session:
+        outcome = clear_orphans(session, ref, limit=batch_size)
+    if outcome.erased is not None:
+        _warn(outcome.erased.errors)
+    return outcome
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def remove_unreferenced_task(database_url: str, root: str, grace_s: float,
+                             now: datetime) -> tuple[int, Erased]:
+    """Overwrite and remove the files under `root` that no row points to."""
+    with sessions(database_url)() as session:
+        seen, erased = remove_unreferenced(session, Path(root), grace_s=grace_s, now=now)
+    _warn(erased.errors)
+    return seen, erased
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def check_files_batch(database_url: str, after_id: int, batch_size: int,
+                      now: datetime) -> FileCheck:
+    """Mark one batch of submission files `missing` or `stored` again."""
+    with sessions(database_url)() as session:
+        return check_files(session, after_id=after_id, limit=batch_size, now=now)
+
+
+@task(cache_policy=NO_CACHE)
+def upkeep_task(database_url: str, vacuum: bool) -> list[tuple[str, float]]:
+    """VACUUM / ANALYZE outside a transaction."""
+    return upkeep(get_engine(database_url), vacuum=vacuum)
+
+
+def _orphan_rows(url: str, batch_size: int) -> list[dict[str, object]]:
+    rows = []
+    for ref in references():
+        total = OrphanOutcome()
+        while True:
+            outcome = clear_orphans_batch(url, ref.label, batch_size)
+            total.found += outcome.found
+            total.deleted += outcome.deleted
+            total.unlinked += outcome.unlinked
+            total.kept += outcome.kept
+            progressed = outcome.deleted or outcome.unlinked
+            if outcome.found < batch_size or not progressed:
+                break
+        if total.found:
+            action = {"CASCADE": "deleted", "SET NULL": "reference cleared"}.get(
+                ref.on_delete, "kept: no ON DELETE, for a person to decide")
+            rows.append(_row(f"orphans {ref.label}", total.deleted + total.unlinked,
+                             skipped=total.kept,
+                             failed=total.found if not (total.deleted or total.unlinked
+                                                        or total.kept) else 0,
+                             note=action))
+    return rows
+
+
+@flow(name="maintain-database", retries=1, retry_delay_seconds=60)
+def maintain_database(database_url: str | None = None, batch_size: int = 1000,
+                      storage_folders: list[str] | None = None, grace_hours: float = 1.0,
+                      vacuum: bool = True, now: datetime | None = None) -> dict[str, int]:
+    """AyaNova's database maintenance: remove orphaned rows (every foreign key of the schema),
+    overwrite and remove stored files no row points to, mark rows whose file is gone (never
+    drop them), then VACUUM / ANALYZE.
+
+    `storage_folders`: where stored files live; default <data_dir>/submissions and
+    <data_dir>/packages. Files younger than `grace_hours` are left: their rows may not be
+    committed yet.
+    """
+    settings = get_settings()
+    url, now = _store(database_url), now or utcnow()
+    folders = storage_folders or [str(settings.data_dir / "submissions"),
+                                  str(settings.data_dir / "packages")]
+    with job_slot():
+        rows = _orphan_rows(url, batch_size)
+        removed = 0
+        for folder in folders:
+            seen, erased = remove_unreferenced_task(url, folder, grace_hours * 3600, now)
+            removed += erased.files_overwritten
+            rows.append(_row(f"files with no row in {folder}", erased.files_overwritten,
+                             skipped=seen - erased.files_overwritten - len(erased.errors),
+                             failed=len(erased.errors), note="skipped: files with a row"))
+        check, after = FileCheck(), 0
+        while True:
+            batch = check_files_batch(url, after, batch_size, now)
+            check.checked += batch.checked
+            check.marked_missing += batch.marked_missing
+            check.found_again += batch.found_again
+            after = batch.last_id
+            if batch.checked < batch_size:
+                break
+        rows.append(_row("submission files marked missing", check.marked_missing,
+                         skipped=check.checked - check.marked_missing,
+                         note=f"{check.found_again} found again and marked stored"))
+        for command, seconds in upkeep_task(url, vacuum):
+            rows.append(_row(command, 1, note=f"{seconds:.2f} s"))
+    _table("maintain-database", "Database maintenance: this run", rows)
+    orphans = sum(int(r["done"]) for r in rows if str(r["step"]).startswith("orphans"))
+    figures = {"orphans": orphans, "files_removed": removed,
+               "files_missing": check.marked_missing, "files_found_again": check.found_again}
+    get_run_logger().info("database maintenance: %s", figures)
+    return figures

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, StringConstraints, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # A mail address as SMTP takes it; local names such as ops@localhost are fine on one machine.
 Address = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[^@\s]+@[^@\s]+$")]
@@ -65,6 +65,31 @@ class OpsflowSettings(BaseSettings):
     @property
     def prefect_api_url(self) -> str:
         return f"http://{self.prefect_host}:{self.prefect_port}/api"
+
+    # --- maintenance: cleaning, statistics, the notification sweeper --------------------------
+    expiry_reminder_days: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=(28, 14, 7, 3),
+        description="Days before a submission expires at which its receivers are reminded.",
+    )
+    unfinished_submission_hours: float = Field(
+        default=24, gt=0, description="Incomplete submissions are deleted after this many hours."
+    )
+    sent_mail_retention_days: float = Field(
+        default=14, gt=0, description="Sent mails are deleted from the outbox after this many days."
+    )
+    mail_stuck_hours: float = Field(
+        default=48, gt=0, description="A mail still queued after this many hours is undeliverable."
+    )
+    statistics_timeframe_minutes: int = Field(
+        default=60, ge=1, le=1440, description="Length of one statistics timeframe."
+    )
+
+    @field_validator("expiry_reminder_days", mode="before")
+    @classmethod
+    def _reminder_steps(cls, value: object) -> tuple[int, ...]:
+        from opsflow.license import normalize_steps  # lazily: settings load before the records
+
+        return normalize_steps(value.split(",") if isinstance(value, str) else value)
 
 
 def load_settings() -> OpsflowSettings:

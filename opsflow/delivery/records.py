@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     Time,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -82,6 +83,9 @@ class Receiver(Base):
     language: Mapped[str] = mapped_column(String(10), default="en")
     pgp_public_key: Mapped[str | None] = mapped_column(Text, default=None)  # ASCII armored
     digest: Mapped[bool] = mapped_column(Boolean, default=False)  # merge mails in a window
+    # No expiry reminders for this receiver (clean_expired); migration 0007.
+    reminders_opt_out: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                    server_default=false())
 
 
 class SubmissionReceiver(Base):
@@ -105,6 +109,9 @@ class SubmissionFile(Base):
     stored_path: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    # "stored", or "missing" with the reason once maintain_database found the file gone (0007).
+    status: Mapped[str] = mapped_column(String(20), default="stored", server_default="stored")
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class ReceiverTip(Leased, Base):
