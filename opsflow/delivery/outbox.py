@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch, renew
+from opsflow.delivery.backoff import capped_backoff
 from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
 from opsflow.delivery.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.delivery.texts import digest_subject
@@ -53,7 +54,7 @@ class MailPolicy:
 
     def backoff(self, attempts: int) -> timedelta:
         """Wait after the `attempts`-th failed attempt: base, 2x base, 4x base ... capped."""
-        return min(self.backoff_base * (2 ** max(attempts - 1, 0)), self.backoff_max)
+        return capped_backoff(self.backoff_base, self.backoff_max, attempts)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
+from opsflow.delivery.backoff import capped_backoff
 from opsflow.delivery.records import Delivery, Receiver, ReceiverTip, SubmissionFile
 from opsflow.store import utcnow
 from opsflow.transports.base import Transport, TransportError, Upload
@@ -46,7 +47,7 @@ class DeliveryPolicy:
     lease: timedelta = timedelta(minutes=30)
 
     def backoff(self, attempts: int) -> timedelta:
-        return min(self.backoff_base * (2 ** max(attempts - 1, 0)), self.backoff_max)
+        return capped_backoff(self.backoff_base, self.backoff_max, attempts)
 
 
 @dataclass

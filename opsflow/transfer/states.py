@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch, claimer_name
+from opsflow.delivery.backoff import capped_backoff
 from opsflow.delivery.outbox import enqueue
 from opsflow.transfer.client import (
     Phase,
@@ -50,7 +51,7 @@ class RetryPolicy:
 
     def backoff(self, attempts: int) -> timedelta:
         """30 s, 60 s, 120 s ... up to the cap: exponential, so a down provider is not hammered."""
-        return min(self.backoff_first * (2 ** max(attempts - 1, 0)), self.backoff_max)
+        return capped_backoff(self.backoff_first, self.backoff_max, attempts)
 
 
 class TemporaryFailure(Exception):
