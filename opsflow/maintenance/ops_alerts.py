@@ -26,11 +26,11 @@ from opsflow.maintenance.records import ReportedProblem
 
 PROBLEMS = ReportedProblem.__table__
 ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>@]+>?")
-NUMBER = re.compile(r"\d+")
+NUMBER = re.compile(r"\d{4,}")  # ids, ports, times; SMTP codes (550, 4.7.1) stay
 
 
 def error_class(error: str | None) -> str:
-    """An error with what varies between mails taken out (addresses, numbers, ids), so that
+    """An error with what varies between mails taken out (addresses, long numbers), so that
     the same failure for many mails is one trait."""
     text = ADDRESS.sub("<address>", error or "no error recorded")
     return NUMBER.sub("#", " ".join(text.split()))[:120]
