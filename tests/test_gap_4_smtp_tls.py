@@ -175,6 +175,13 @@ def test_plain_smtp_to_a_starttls_only_server_sends_nothing(sqlite_url: str,
                                                 from_address="opsflow@example.org", timeout=5))
     assert report.sent == 0  # type: ignore[attr-defined]
     assert starttls_server.handler.messages == []
+    # "530 Must issue a STARTTLS command first" is about the session, not the mails: they
+    # wait for the block to be fixed instead of failing for good.
+    assert report.server_down  # type: ignore[attr-defined]
+    with sessions(sqlite_url)() as session:
+        mails = session.scalars(select(OutgoingMail)).all()
+    assert mails and all(m.status == MailStatus.PENDING for m in mails)
+    assert any("STARTTLS" in (m.last_error or "") for m in mails)
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])

@@ -38,6 +38,12 @@ class SmtpConfig:
                 f"username={self.username!r}, from_address={self.from_address!r})")
 
 
+# Answers about the session, not the mail: 421 closing; 530 STARTTLS or authentication
+# required; 538 encryption required. Every mail would get the same answer, so none is failed
+# for it: the run stops and the queue waits for the server (or the block) to be fixed.
+SESSION_REFUSALS = frozenset({421, 530, 538})
+
+
 class SmtpUnavailable(Exception):
     """The SMTP server cannot be reached or dropped us: retry later."""
 
@@ -125,9 +131,13 @@ class MailSender:
                 self._transaction(self._smtp, sender, recipients, message, ready)
                 return
             except smtplib.SMTPResponseException as exc:
-                if exc.smtp_code == 421:  # the server is closing the connection
+                if exc.smtp_code in SESSION_REFUSALS:
                     self._drop()
-                    raise SmtpUnavailable(f"{exc.smtp_code} {_text(exc.smtp_error)}") from None
+                    raise SmtpUnavailable(
+                        f"{exc.smtp_code} {_text(exc.smtp_error)}"
+                        + ("" if exc.smtp_code == 421 else
+                           " (the server wants STARTTLS, TLS or a login: check the SMTP block)")
+                    ) from None
                 raise MailRefused(exc.smtp_code, _text(exc.smtp_error)) from None
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self._drop()
