@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -30,6 +31,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Completed, Crashed, Failed, Pending, State
+from sqlalchemy.exc import OperationalError
 
 from flows.maintenance import sweep_flow_runs
 
@@ -56,18 +58,30 @@ async def _finished_run(state: State, ended: datetime, with_traces: bool = True)
                 ArtifactCreate(type="markdown", data="# probe", flow_run_id=run.id)
             )
     db = provide_database_interface()
+    for attempt in range(10):
+        try:
+            await _age(db, run.id, ended)
+            break
+        except OperationalError:  # "database is locked": the server is writing; try again
+            if attempt == 9:
+                raise
+            await asyncio.sleep(1)
+    return run.id
+
+
+async def _age(db: Any, run_id: UUID, ended: datetime) -> None:
+    """Move a finished run's end (and its terminal state) back to `ended`."""
     async with db.session_context(begin_transaction=True) as session:
-        row = (await session.execute(sa.select(db.FlowRun).where(db.FlowRun.id == run.id))).scalar_one()
+        row = (await session.execute(sa.select(db.FlowRun).where(db.FlowRun.id == run_id))).scalar_one()
         assert row.end_time is not None, "the server sets end_time on a terminal state"
         await session.execute(
             sa.update(db.FlowRunState).where(db.FlowRunState.id == row.state_id).values(timestamp=ended)
         )
         await session.execute(
             sa.update(db.FlowRun)
-            .where(db.FlowRun.id == run.id)
+            .where(db.FlowRun.id == run_id)
             .values(end_time=ended, state_timestamp=ended)
         )
-    return run.id
 
 
 async def _existing(run_ids: list[UUID]) -> set[UUID]:
