@@ -291,7 +291,9 @@ def render_prefect_yaml() -> str:
     header = (
         "# Generated from deployments/definitions.py by `opsflow deployments yaml --write`;\n"
         "# do not edit by hand. Work pool: `prefect work-pool create opsflow-pool --type "
-        "process`,\n# then `prefect deploy --all` and, on each worker machine, "
-        "OPSFLOW_PROJECT_DIR=<checkout>\n# prefect worker start --pool opsflow-pool\n"
+        "process`,\n# then `env -u OPSFLOW_PROJECT_DIR prefect deploy --all` (prefect deploy "
+        "fills in\n# {{ $OPSFLOW_PROJECT_DIR }} from its own environment if the variable is "
+        "set there)\n# and, on each worker machine, OPSFLOW_PROJECT_DIR=<checkout> "
+        "prefect worker start --pool opsflow-pool\n"
     )
     return header + yaml.safe_dump(prefect_yaml(), sort_keys=False, width=100)

@@ -13,6 +13,8 @@ command -v gpg >/dev/null 2>&1 || { missing="$missing gnupg"; PACKAGES="$PACKAGE
 command -v lsyncd >/dev/null 2>&1 || { missing="$missing lsyncd"; PACKAGES="$PACKAGES lsyncd"; }  # sync benchmarks: lsyncd as the peer
 command -v soffice >/dev/null 2>&1 || { missing="$missing libreoffice-writer"; PACKAGES="$PACKAGES libreoffice-writer"; }  # booklet: ODT -> PDF
 command -v pdftotext >/dev/null 2>&1 || { missing="$missing poppler-utils"; PACKAGES="$PACKAGES poppler-utils"; }  # booklet: PDF text
+command -v chromium >/dev/null 2>&1 || { missing="$missing chromium"; PACKAGES="$PACKAGES chromium"; }  # UI test: headless browser
+command -v chromedriver >/dev/null 2>&1 || { missing="$missing chromium-driver"; PACKAGES="$PACKAGES chromium-driver"; }  # UI test: Selenium's driver
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "missing Debian packages:$missing (run as root to install them)" >&2
