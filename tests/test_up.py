@@ -133,9 +133,21 @@ def test_up_serves_every_deployment_refuses_a_second_and_stops_cleanly(
             assert got["timezone"] == "UTC"
         assert not served[spec.name]["paused"]
 
+    # The demo mapping end to end: sensor -> queue -> event -> trigger -> sync-folder run.
+    outbox, remote = tmp_path / "data" / "demo" / "outbox", tmp_path / "data" / "demo" / "remote"
+    (outbox / "hello.txt").write_bytes(b"through the event trigger\n")
+    arrived = remote / "hello.txt"
+    deadline = time.monotonic() + 180
+    while not (arrived.exists() and arrived.read_bytes() == b"through the event trigger\n"):
+        assert time.monotonic() < deadline, "the demo file never reached data/demo/remote"
+        time.sleep(0.5)
+    runs = httpx.post(f"{up.api}/flow_runs/filter", timeout=30, json={
+        "deployments": {"id": {"any_": [served["sync-folder"]["id"]]}}}).json()
+    assert runs and all(r["parameters"].get("mapping") == "demo-outbox" for r in runs)
+
     second = subprocess.run(
         [*OPSFLOW, "up"], cwd=PROJECT_DIR, env=up_env(tmp_path / "data", up.port),
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=300,  # slow only on a loaded machine
     )
     assert second.returncode == 1
     assert second.stderr.strip().splitlines() == [
@@ -148,7 +160,7 @@ def test_up_serves_every_deployment_refuses_a_second_and_stops_cleanly(
     children = descendants(up.process.pid)
     assert children, "the Prefect server runs as a child"
     up.process.send_signal(signal.SIGINT)
-    assert up.process.wait(timeout=60) == 0
+    assert up.process.wait(timeout=180) == 0
     assert not [pid for pid in children if alive(pid)]
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", up.port)) != 0, "the port is free again"
