@@ -521,21 +521,14 @@ def _orphan_rows(url: str, batch_size: int) -> list[dict[str, object]]:
         total = OrphanOutcome()
         while True:
             outcome = clear_orphans_batch(url, ref.label, batch_size)
-            total.found += outcome.found
-            total.deleted += outcome.deleted
-            total.unlinked += outcome.unlinked
-            total.kept += outcome.kept
-            progressed = outcome.deleted or outcome.unlinked
-            if outcome.found < batch_size or not progressed:
-                break
+            total.add(outcome)
+            if outcome.found < batch_size or not (outcome.deleted or outcome.unlinked):
+                break  # done, or only orphans that stay (kept, or a file would not go)
         if total.found:
             action = {"CASCADE": "deleted", "SET NULL": "reference cleared"}.get(
                 ref.on_delete, "kept: no ON DELETE, for a person to decide")
             rows.append(_row(f"orphans {ref.label}", total.deleted + total.unlinked,
-                             skipped=total.kept,
-                             failed=total.found if not (total.deleted or total.unlinked
-                                                        or total.kept) else 0,
-                             note=action))
+                             skipped=total.kept, failed=total.failed, note=action))
     return rows
 
 
@@ -583,4 +576,8 @@ def maintain_database(database_url: str | None = None, batch_size: int = 1000,
     figures = {"orphans": orphans, "files_removed": removed,
                "files_missing": check.marked_missing, "files_found_again": check.found_again}
     get_run_logger().info("database maintenance: %s", figures)
+    failed = sum(int(r["failed"]) for r in rows)  # type: ignore[call-overload]
+    if failed:
+        raise RuntimeError(f"{failed} orphan(s) or stray file(s) could not be removed (a stored "
+                           "file would not go); see the warnings, the next run retries")
     return figures

@@ -78,7 +78,12 @@ class OrphanOutcome:
     deleted: int = 0
     unlinked: int = 0  # references set to NULL
     kept: int = 0  # no ON DELETE: left for a person
+    failed: int = 0  # to be deleted, but a stored file of theirs would not go
     erased: Erased | None = None
+
+    def add(self, other: OrphanOutcome) -> None:
+        for name in ("found", "deleted", "unlinked", "kept", "failed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 def clear_orphans(session: Session, ref: Reference, *, limit: int) -> OrphanOutcome:
@@ -97,6 +102,8 @@ def clear_orphans(session: Session, ref: Reference, *, limit: int) -> OrphanOutc
             paths = session.scalars(select(ref.child.c[file_column]).where(
                 where, ref.child.c[file_column].is_not(None))).all()
             if not shred(paths, outcome.erased):
+                outcome.failed = session.scalar(
+                    select(func.count()).select_from(ref.child).where(where)) or 0
                 session.rollback()  # the rows stay with their paths for the next run
                 return outcome
         outcome.deleted = len(delete_audited(
