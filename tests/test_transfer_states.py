@@ -16,9 +16,9 @@ from opsflow.store import sessions, utcnow
 from opsflow.transfer.client import InProcessTransferClient
 from opsflow.transfer.consumer import RestartRefused, history, restart_experiment
 from opsflow.transfer.provider import catalogue_experiment, provider_run, register_experiment
-from opsflow.transfer.records import SyncedExperiment
+from opsflow.transfer.records import StateName, SyncedExperiment
 from opsflow.transfer.sites import RecordSiteManager, Site, add_site
-from opsflow.transfer.states import RetryPolicy, Tick, advance_due
+from opsflow.transfer.states import STATES, STAY, Move, RetryPolicy, Tick, advance_due
 from opsflow.transports.base import SendResult, Transport, Upload
 from tests import test_transfer_support as support
 from tests.support.servers import free_port
@@ -241,3 +241,60 @@ def test_each_experiment_is_claimed_by_one_tick_at_a_time(world: World) -> None:
                            now=world.now)
     assert len(first) == 1 and second == []
 
+
+
+# --- pluggable parts: a state and a site manager that opsflow does not ship ---------------
+
+class Embargoed:
+    """A state a deployment could add: hold the experiment until its embargo ends."""
+
+    name = "Embargoed"
+    final = False
+    until = None  # set by the test
+
+    def next_state(self, experiment: SyncedExperiment, tick: Tick) -> Move:
+        if tick.now < self.until:
+            return STAY
+        return Move(StateName.INGESTED, "embargo over")
+
+
+class FixedSites:
+    """Sites from a dict instead of the record store (e.g. a registry service)."""
+
+    def __init__(self, *sites: Site) -> None:
+        self.sites = {site.name: site for site in sites}
+
+    def all(self) -> list[Site]:
+        return list(self.sites.values())
+
+    def get(self, name: str) -> Site | None:
+        return self.sites.get(name)
+
+
+def test_a_new_state_class_and_another_site_manager_plug_in(world: World,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    embargoed = Embargoed()
+    embargoed.until = world.now + timedelta(minutes=30)  # inside the 1 h deadline
+    monkeypatch.setitem(STATES, Embargoed.name, embargoed)
+    with world.session() as session, session.begin():
+        session.scalars(select(SyncedExperiment)).one().state = Embargoed.name
+    sites = FixedSites(Site("monash", "sftp-server/monash", "monash",
+                            ("registry-admin@example.org",), ("monash.edu",)))
+
+    def tick(after: timedelta) -> None:
+        world.now += after
+        advance_due(sessions(world.url),
+                    lambda session: Tick(world.client, sites, world.open_storage, world.now,
+                                         POLICY),
+                    now=world.now)
+
+    tick(timedelta(minutes=1))
+    assert world.experiment().state == "Embargoed"  # its own next_state said: stay
+    tick(timedelta(minutes=30))
+    exp = world.experiment()
+    assert exp.state == "Complete", exp.last_error
+    with world.session() as session:
+        steps = [(s.from_state, s.to_state, s.reason) for s in history(session, exp.id)]
+        notices = sorted(m.recipient for m in session.scalars(select(OutgoingMail)))
+    assert ("Embargoed", "Ingested", "embargo over") in steps
+    assert notices == ["alice@monash.edu", "registry-admin@example.org"]  # from FixedSites
