@@ -182,6 +182,39 @@ DEPLOYMENTS: list[Deployment] = [
         cron="17 * * * *",
         tags=("maintenance",),
     ),
+    Deployment(
+        name="clean-expired",
+        entrypoint="flows/maintenance.py:clean_expired",
+        description="Daily cleaning: expiry reminders (28, 14, 7, 3 days before), expired and "
+        "unfinished submissions with their tips and files (overwritten), sent mails after "
+        "14 days; every deletion audited.",
+        cron="30 3 * * *",
+        tags=("maintenance",),
+    ),
+    Deployment(
+        name="record-statistics",
+        entrypoint="flows/maintenance.py:record_statistics",
+        description="One statistics row per hour (submissions, tips, mails sent and failed, "
+        "files synced, transfers advanced); the last hours are recounted in place.",
+        cron="5 * * * *",
+        tags=("maintenance",),
+    ),
+    Deployment(
+        name="sweep-notifications",
+        entrypoint="flows/maintenance.py:sweep_notifications",
+        description="Mail outbox sweep: sent mails out after 14 days, stuck mails requeued or "
+        "undeliverable, OPS told once per distinct problem.",
+        interval=timedelta(minutes=10),
+        tags=("maintenance",),
+    ),
+    Deployment(
+        name="maintain-database",
+        entrypoint="flows/maintenance.py:maintain_database",
+        description="Weekly: orphaned rows and stray stored files removed, rows whose file is "
+        "gone marked, then VACUUM / ANALYZE.",
+        cron="45 4 * * 0",
+        tags=("maintenance",),
+    ),
     # --- experiment transfer (seed 003) ------------------------------------------------------
     Deployment(
         name="advance-transfers",
