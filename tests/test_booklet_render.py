@@ -122,3 +122,30 @@ def test_libreoffice_converts_the_booklet_to_a_pdf_in_order(export: dict, tmp_pa
     # Times are in the event's zone (the export gives them in UTC): 09:00 Rome, not 07:00.
     assert "Monday 2026-05-11, 09:00–10:30 (Europe/Rome)" in text
     assert re.search(r"MOA0001 .*? 09:00–09:20", text)
+
+
+def test_title_page_first_and_poster_contributions_in_compact_form(export: dict) -> None:
+    event = read_export(export)
+    content = _xml(render_booklet(event), "content.xml")
+    body = content.find(".//{urn:oasis:names:tc:opendocument:xmlns:office:1.0}text")
+    assert body is not None
+    paragraphs = [(p.get(f"{TEXT}style-name"), "".join(p.itertext()))
+                  for p in body if p.tag in (f"{TEXT}p", f"{TEXT}h")]
+    # The title page opens the booklet: the event's title, then its dates.
+    (first_style, first_text), (second_style, second_text) = paragraphs[:2]
+    assert (first_style, first_text) == ("Booklet_20_Title", event.title)
+    assert second_style == "Booklet_20_Subtitle" and str(event.start.year) in second_text
+    # Poster contributions: a paragraph title, no heading, no time line of their own.
+    posters = [c for s in event.sessions if s.poster for c in s.contributions]
+    lectures = [c for s in event.sessions if not s.poster for c in s.contributions]
+    assert posters and lectures
+    headings = {text for style, text in paragraphs if style == "Contribution_20_Heading"}
+    poster_titles = {text for style, text in paragraphs if style == "Poster_20_Title"}
+    for contribution in posters:
+        assert any(contribution.title in t for t in poster_titles)
+        assert not any(contribution.title in t for t in headings)
+    for contribution in lectures:
+        assert any(contribution.title in t for t in headings)
+    styles_after_posters = {style for style, _ in paragraphs} & {"Poster_20_Authors",
+                                                                  "Poster_20_Abstract"}
+    assert styles_after_posters == {"Poster_20_Authors", "Poster_20_Abstract"}
