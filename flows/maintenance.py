@@ -350,7 +350,7 @@ def clean_expired(database_url: str | None = None, batch_size: int = 200,
                 if found < batch_size:
                     break
             rows.append(_row(f"{reason} submissions deleted", total.submissions,
-                             len(total.kept), len(total.errors),
+                             failed=len(total.kept),
                              note=f"{total.tips} tips, {total.files} files; "
                                   f"{total.files_overwritten} stored files overwritten, "
                                   f"{total.files_already_gone} gone already"))

@@ -142,6 +142,29 @@ def test_a_submission_under_a_tip_lease_waits(store_url: str, tmp_path: Path) ->
     assert paths[0].exists()
 
 
+def test_a_file_that_will_not_go_keeps_its_submission_and_says_why(store_url: str,
+                                                                   tmp_path: Path) -> None:
+    with session_scope(store_url) as session:
+        stuck, _ = make_submission(session, [], tmp_path, expiration=NOW - timedelta(days=1))
+        fine, fine_paths = make_submission(session, [], tmp_path,
+                                           expiration=NOW - timedelta(days=1))
+        folder = tmp_path / "a-folder-not-a-file"
+        folder.mkdir()
+        session.add(SubmissionFile(submission_id=stuck, name="x", stored_path=str(folder),
+                                   size=0, sha256="0" * 64))
+    with sessions(store_url)() as session:
+        found, erased = erase_batch(session, expired(NOW), EXPIRED, limit=10, now=NOW)
+        assert (found, erased.submissions, erased.kept) == (2, 1, [stuck])
+        assert str(folder) in erased.errors[0]
+        # The run does not take it again; the next run does.
+        assert erase_batch(session, expired(NOW), EXPIRED, limit=10, now=NOW,
+                           skip=erased.kept)[0] == 0
+    assert not fine_paths[0].exists()
+    with sessions(store_url)() as session:
+        assert set(session.scalars(select(Submission.id))) == {stuck}
+    assert audit_counts(store_url)[("submission", EXPIRED)] == 1
+
+
 def test_reminder_steps_cover_each_day_once() -> None:
     steps = (28, 14, 7, 3)
     for hours in range(0, 40 * 24, 7):
