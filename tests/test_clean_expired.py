@@ -87,6 +87,15 @@ def test_overwrite_and_remove_zeroes_the_bytes_before_unlinking(tmp_path: Path) 
     assert overwrite_and_remove(path) is False  # a rerun finds it gone: not an error
 
 
+def test_a_symlink_is_removed_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "not-ours.txt"
+    target.write_text("keep me")
+    link = tmp_path / "stored.bin"
+    link.symlink_to(target)
+    assert overwrite_and_remove(link) is True
+    assert not link.is_symlink() and target.read_text() == "keep me"
+
+
 def test_expired_submissions_go_with_tips_and_files_each_audited(store_url: str,
                                                                   tmp_path: Path) -> None:
     folder = tmp_path / "submissions"

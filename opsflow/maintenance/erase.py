@@ -2,9 +2,9 @@
 deleted with an audit row each.
 
 A file is overwritten in place (zeros, flushed to disk) and then unlinked, so that its bytes
-are not left in free blocks for a plain undelete. On copy-on-write file systems and SSDs the
-old blocks may survive anyway; what this buys is that an unlinked file is not readable by
-opening it again through a stale handle or a hard link.
+are not left in free blocks for a plain undelete, nor readable through another hard link or
+an open handle. On copy-on-write file systems and SSDs the old blocks may survive anyway.
+A symbolic link is removed, never followed: its target is not ours to overwrite.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ def overwrite_and_remove(path: str | Path) -> bool:
     """Overwrite the file with zeros, sync, and unlink it. False when it was gone already
     (a rerun after a crash finds the files it removed before)."""
     try:
-        with open(path, "r+b") as handle:
+        if os.path.islink(path):
+            os.unlink(path)
+            return True
+        with open(os.open(path, os.O_RDWR | os.O_NOFOLLOW), "r+b") as handle:
             size = os.fstat(handle.fileno()).st_size
             zeros = bytes(min(CHUNK, size))
             written = 0
