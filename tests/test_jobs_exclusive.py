@@ -106,3 +106,28 @@ def test_a_run_tagged_exclusive_at_submission_is_exclusive(job_limit: int) -> No
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(JOB_LIMIT)
     assert limit.active_slots == 0  # every slot was given back
+
+
+# Flows that take no slot of their own: the safety net only starts sync-folder subflows (which
+# take theirs), and sweep_flow_runs is an async flow that cleans Prefect itself.
+SLOTLESS = {"sync_all_folders", "sweep_flow_runs"}
+
+
+def test_every_opsflow_flow_holds_a_job_slot_while_it_works() -> None:
+    """An exclusive job is alone only if every other flow takes a slot of the same limit."""
+    import ast
+
+    from deployments.definitions import PROJECT_DIR
+
+    missing = []
+    for path in sorted((PROJECT_DIR / "flows").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            if not any(ast.unparse(d).split("(")[0] == "flow" for d in node.decorator_list):
+                continue
+            calls = {ast.unparse(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
+            if "job_slot" not in calls and node.name not in SLOTLESS:
+                missing.append(f"{path.name}:{node.name}")
+    assert missing == []
