@@ -18,6 +18,17 @@ def test_upgrade_creates_every_table_and_is_idempotent(store_url: str) -> None:
     assert current_revisions(store_url)
 
 
+def test_the_migration_history_has_one_head(store_url: str) -> None:
+    """Two heads would make the next migration ambiguous and `alembic upgrade head` fail."""
+    from alembic.script import ScriptDirectory
+
+    from opsflow.store import alembic_config
+
+    heads = ScriptDirectory.from_config(alembic_config(store_url)).get_heads()
+    assert len(heads) == 1
+    assert current_revisions(store_url) == set(heads)
+
+
 def test_migrations_match_the_models(store_url: str) -> None:
     """A model change without its migration is caught here, not in production."""
     from alembic.autogenerate import compare_metadata
