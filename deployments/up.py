@@ -93,6 +93,10 @@ def start_server(host: str, port: int, home: Path) -> subprocess.Popen[bytes]:
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(home)
+    # The UI asks the server's own settings where the API is; the --port flag alone would
+    # leave the pages calling the default port 4200.
+    env["PREFECT_SERVER_API_HOST"] = host
+    env["PREFECT_SERVER_API_PORT"] = str(port)
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     log = open(home / "server.log", "ab")  # noqa: SIM115 - the child keeps its own copy
     try:

@@ -10,10 +10,7 @@ text it expects to appear, and asserts on the page's text, never on pixels.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import pytest
 
 from deployments.definitions import DEPLOYMENTS, PROJECT_DIR, Deployment
 from tests.support.servers import free_port
-from tests.test_up import OPSFLOW, START_TIMEOUT, Up, up_env
+from tests.test_up import START_TIMEOUT, Up
 
 pytestmark = pytest.mark.slow
 
@@ -45,28 +42,6 @@ def artifacts() -> Path:
     return folder
 
 
-class UiUp(Up):
-    """`opsflow up` with PREFECT_UI_API_URL naming its port.
-
-    Without it the UI calls the API on port 4200 whatever OPSFLOW_PREFECT_PORT says (see
-    test_the_ui_of_opsflow_up_calls_the_api_on_its_own_port); a user running on another
-    port needs the same setting until `opsflow up` passes its port to the server."""
-
-    def __init__(self, data: Path, port: int) -> None:
-        self.port = port
-        env = up_env(data, port)
-        env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
-        self.process = subprocess.Popen(
-            [*OPSFLOW, "up"], cwd=PROJECT_DIR, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-
-@pytest.mark.xfail(strict=True, reason="deployments/up.py start_server gives the port only as "
-                   "a flag; the UI takes its API address from PREFECT_SERVER_API_PORT (4200)")
 def test_the_ui_of_opsflow_up_calls_the_api_on_its_own_port(tmp_path: Path) -> None:
     from deployments.up import SERVER_START_TIMEOUT, start_server, stop_server, wait_until_healthy
 
@@ -87,7 +62,7 @@ def test_the_ui_of_opsflow_up_calls_the_api_on_its_own_port(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    running = UiUp(tmp_path_factory.mktemp("browser") / "data", free_port())
+    running = Up(tmp_path_factory.mktemp("browser") / "data", free_port())
     try:
         running.wait_for("serving", START_TIMEOUT)
         yield running

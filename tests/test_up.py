@@ -145,6 +145,19 @@ def test_up_serves_every_deployment_refuses_a_second_and_stops_cleanly(
         "deployments": {"id": {"any_": [served["sync-folder"]["id"]]}}}).json()
     assert runs and all(r["parameters"].get("mapping") == "demo-outbox" for r in runs)
 
+    # The schedules fire: the server's scheduler makes runs, and the served process runs them.
+    scheduled_ids = [served[spec.name]["id"] for spec in DEPLOYMENTS if spec.interval]
+    deadline = time.monotonic() + 300
+    while True:
+        auto = [r for r in httpx.post(f"{up.api}/flow_runs/filter", timeout=30, json={
+            "deployments": {"id": {"any_": scheduled_ids}}, "limit": 200}).json()
+            if r["auto_scheduled"]]
+        if any(r["state_type"] == "COMPLETED" for r in auto):
+            break
+        assert time.monotonic() < deadline, (
+            f"no scheduled run completed; runs: {[(r['name'], r['state_type']) for r in auto]}")
+        time.sleep(2)
+
     second = subprocess.run(
         [*OPSFLOW, "up"], cwd=PROJECT_DIR, env=up_env(tmp_path / "data", up.port),
         capture_output=True, text=True, timeout=300,  # slow only on a loaded machine
