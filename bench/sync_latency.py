@@ -1,14 +1,18 @@
 """Latency of the folder sync: a file closed in the watched folder -> the file complete on a
-loopback sshd. opsflow (real `prefect server start`, the sync deployment served with its
-event trigger, the folder sensor process) against lsyncd (Debian package, default 15 s delay,
-rsync over ssh to the same sshd) on the same files in the same run.
+loopback sshd, with `opsflow up` running (every deployment served with its schedule and
+triggers, the folder sensors in the same process, the sync deployment's defaults), against
+lsyncd (Debian package, default 15 s delay, rsync over ssh to the same sshd) on the same files
+in the same run.
 
-    .venv/bin/python -m bench.sync_latency [--files 50] [--gap 0.2] [--linger 5]
+    .venv/bin/python -m bench.sync_latency [--files 50] [--gap 0.2]
 
-Arrival is the rename of the complete file into place on the server's folder, seen by an
-inotify watch in this process; each latency is arrival minus the moment `close()` returned.
-Before the 50 measured files one warm-up file shows what the first file after a quiet spell
-pays (event -> trigger -> flow run start-up); the measured files come while the drain lingers.
+The bench starts a `prefect server start` of its own, saves the SyncMapping block (its
+target a loopback sshd), then starts `opsflow up` with PREFECT_API_URL naming that server, so
+that the sensor finds the mapping when it starts. Arrival is the rename of the complete file
+into place on the server's folder, seen by an inotify watch in this process; each latency is
+arrival minus the moment `close()` returned. Before the 50 measured files one warm-up file
+shows what the first file after a quiet spell pays (event -> trigger -> the runner's poll ->
+flow run start-up); the measured files come while the drain lingers.
 """
 
 from __future__ import annotations
@@ -36,19 +40,6 @@ from tests.support.servers import Sshd, free_port  # noqa: E402
 MAPPING = "bench-latency"
 DEPLOYMENT = "sync-folder"
 LSYNCD_DELAY = 15  # lsyncd's default `delay` for rsync targets
-
-
-def sync_trigger():  # type: ignore[no-untyped-def]
-    """The deployment trigger the sync needs: one wake-up per sensor event, per mapping."""
-    from prefect.events import DeploymentEventTrigger
-
-    return DeploymentEventTrigger(
-        name="sync-on-queued",
-        expect={"opsflow.sync.queued"},
-        match={"prefect.resource.id": "opsflow.sync-mapping.*"},
-        for_each={"prefect.resource.id"},
-        parameters={"mapping": "{{ event.resource.name }}"},
-    )
 
 
 class Arrivals(FileSystemEventHandler):
@@ -123,20 +114,6 @@ def role_setup(args: argparse.Namespace) -> None:
                                   host_key=args.host_key)).save(MAPPING, overwrite=True)
 
 
-def role_serve(args: argparse.Namespace) -> None:
-    from prefect import serve
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-
-    from flows.transfer import sync_folder
-
-    deployment = sync_folder.to_deployment(
-        name=DEPLOYMENT, triggers=[sync_trigger()],
-        parameters={"mapping": MAPPING, "linger": args.linger},
-        concurrency_limit=ConcurrencyLimitConfig(
-            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW))
-    serve(deployment, print_starting_message=False)
-
-
 # --- the measurement -------------------------------------------------------------------------
 
 def measure_opsflow(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[str, object]:
@@ -147,8 +124,10 @@ def measure_opsflow(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[st
     env = dict(os.environ, PREFECT_HOME=str(work / "prefect-home"),
                PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                OPSFLOW_DATA_DIR=str(work / "data"),
-               PREFECT_RUNNER_POLL_FREQUENCY=str(args.poll),
+               OPSFLOW_PREFECT_PORT=str(free_port()),  # unused: the server is named above
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    if args.poll is not None:
+        env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(args.poll)
     python = sys.executable
     prefect = str(Path(python).with_name("prefect"))
     logs = work / "logs"
@@ -174,15 +153,13 @@ def measure_opsflow(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[st
                   "--host-key", sshd.host_public_key]
         subprocess.run([python, "-m", "bench.sync_latency", "--role", "setup", *common],
                        env=env, check=True, cwd=Path(__file__).resolve().parent.parent)
-        start("serve", [python, "-m", "bench.sync_latency", "--role", "serve",
-                        "--linger", str(args.linger)])
-        start("sensor", [python, "-m", "sensors.folder", "--mapping", MAPPING])
-        wait_http(f"http://127.0.0.1:{port}/api/deployments/name/sync-folder/{DEPLOYMENT}", 180)
-        deadline = time.time() + 180
-        while b"sensor ready" not in (logs / "sensor.log").read_bytes():
-            if time.time() > deadline:
-                raise SystemExit(f"the sensor did not start (logs in {logs})")
+        up = start("up", [str(Path(python).with_name("opsflow")), "up"])
+        deadline = time.time() + 300
+        while b"serving " not in (logs / "up.log").read_bytes():
+            if time.time() > deadline or up.poll() is not None:
+                raise SystemExit(f"opsflow up did not start (logs in {logs})")
             time.sleep(0.2)
+        wait_http(f"http://127.0.0.1:{port}/api/deployments/name/sync-folder/{DEPLOYMENT}", 180)
         time.sleep(2)  # the trigger's automation is created with the deployment
         started = time.time()
         warm = write_files(outbox, ["lat-warmup.txt"], 0)
@@ -205,9 +182,8 @@ def measure_opsflow(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[st
         return {"cold": cold, "latencies": latencies}
     finally:
         observer.stop()
-        for process in reversed(processes):
+        for process in reversed(processes):  # `opsflow up` first, then its server
             process.terminate()
-        for process in processes:
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -267,20 +243,18 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=50)
     parser.add_argument("--gap", type=float, default=0.2, help="seconds between files")
-    parser.add_argument("--linger", type=float, default=5.0, help="sync_folder's idle period")
-    parser.add_argument("--poll", type=int, default=1,
-                        help="PREFECT_RUNNER_POLL_FREQUENCY of the served deployment (s)")
+    parser.add_argument("--poll", type=int, default=None,
+                        help="PREFECT_RUNNER_POLL_FREQUENCY for `opsflow up` (s); default: "
+                        "Prefect's own (10 s)")
     parser.add_argument("--skip-lsyncd", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
-    parser.add_argument("--role", choices=["setup", "serve"], help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["setup"], help=argparse.SUPPRESS)
     for name in ("outbox", "remote", "user", "key", "host-key"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "setup":
         return role_setup(args)
-    if args.role == "serve":
-        return role_serve(args)
 
     work = Path(tempfile.mkdtemp(prefix="opsflow-latency-"))
     sshd = Sshd(work / "sshd")
