@@ -6,7 +6,9 @@ and 10,000 submissions: the time of each and how it grows (linear: 10x the work,
 Each size starts from a fresh store holding only its submissions (seeding is not timed). The
 flows run on a Prefect test server, warmed up by a first run that is not timed; one task run
 per batch (1,000 submissions for create_tips, 2,000 tips for notify_receivers). Printed: seconds per flow, rows per second, and the growth ratio from
-the smallest to the largest size against the ratio of their sizes.
+the smallest to the largest size against the ratio of their sizes. The same work without
+Prefect (the library calls the tasks make) is run `--library-rounds` times per size and the
+best kept, with its cost per row: linear growth keeps that cost flat.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--receivers", type=int, default=3)
     parser.add_argument("--postgres", help="a PostgreSQL URL to use instead of SQLite")
+    parser.add_argument("--library-rounds", type=int, default=3,
+                        help="library-only runs per size; the best is shown")
     args = parser.parse_args()
 
     from prefect.testing.utilities import prefect_test_harness
@@ -89,8 +93,11 @@ def main() -> None:
             assert queued["mails_queued"] == expected == count(url, OutgoingMail), queued
             if index:
                 results.append((size, tips_s, notify_s))
-                fresh_store(url, size, args.receivers)
-                library.append((size, *library_run(url)))
+                runs = []
+                for _ in range(args.library_rounds):  # the best of a few: load on a shared
+                    fresh_store(url, size, args.receivers)  # machine swamps a 0.1 s figure
+                    runs.append(library_run(url))
+                library.append((size, min(r[0] for r in runs), min(r[1] for r in runs)))
 
     store = "PostgreSQL" if args.postgres else "SQLite"
     print(f"finalized submissions x {args.receivers} receivers, record store {store}")
@@ -103,8 +110,10 @@ def main() -> None:
         (small, t1, n1), (large, t2, n2) = rows_[0], rows_[-1]
         if title == "library":
             for size, tips_s, notify_s in rows_:
-                print(f"  library only, {size:6d} submissions: create_tips {tips_s:6.2f} s, "
-                      f"queue_tip_mails {notify_s:6.2f} s")
+                rows = size * args.receivers
+                print(f"  library only, {size:6d} submissions (best of {args.library_rounds}): "
+                      f"create_tips {tips_s:6.2f} s ({1e6 * tips_s / rows:4.0f} us/tip), "
+                      f"queue_tip_mails {notify_s:6.2f} s ({1e6 * notify_s / rows:4.0f} us/mail)")
         print(f"  growth ({title}) {small} -> {large} ({large / small:.0f}x the work): "
               f"create_tips {t2 / t1:.1f}x, notify {n2 / n1:.1f}x, total "
               f"{(t2 + n2) / (t1 + n1):.1f}x the time (linear: {large / small:.0f}x)")
