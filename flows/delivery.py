@@ -10,26 +10,24 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, cast
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
 from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy import func, select
 
 from blocks.smtp import SmtpServer
 from blocks.targets import open_transport
 from flows.jobs import job_slot
+from flows.reporting import progress, report_table, row
 from opsflow.claim import claimer_name
 from opsflow.delivery import client, notify, packages, tips
 from opsflow.delivery.outbox import MailPolicy, SendReport, due_count, send_batch
+from opsflow.delivery.records import ReceiverTip
 from opsflow.delivery.smtp import SmtpUnavailable
 from opsflow.settings import get_settings
-from opsflow.store import sessions
+from opsflow.store import sessions, utcnow
 from opsflow.transports.base import Transport
 from opsflow.transports.local import LocalTransport
 
@@ -38,12 +36,6 @@ SMTP_BLOCK = "opsflow-smtp"
 
 def _store(database_url: str | None) -> str:
     return database_url or get_settings().database_url
-
-
-def _summary(key: str, title: str, figures: dict[str, Any]) -> None:
-    rows = [{"what": name, "count": value} for name, value in figures.items()
-            if name != "errors"]
-    create_table_artifact(key=key, table=rows, description=title)
 
 
 # --- tips ----------------------------------------------------------------------------------
@@ -63,11 +55,17 @@ def create_tips(database_url: str | None = None, batch_size: int = 1000,
     with job_slot():
         url, claimer = _store(database_url), claimer_name("create_tips:")
         submissions = created = 0
-        while True:
-            claimed, made = create_tips_batch(url, claimer, batch_size, now)
-            submissions, created = submissions + claimed, created + made
-            if claimed < batch_size:
-                break
+        try:
+            while True:
+                claimed, made = create_tips_batch(url, claimer, batch_size, now)
+                submissions, created = submissions + claimed, created + made
+                if claimed < batch_size:
+                    break
+        finally:
+            report_table("create-tips", f"Tips: {created} created for {submissions} "
+                         "finalized submissions",
+                         [row("finalized submissions given their tips", submissions,
+                              note=f"{created} tips, one per receiver")])
         get_run_logger().info("%d submissions, %d tips created", submissions, created)
         return {"submissions": submissions, "tips": created}
 
@@ -89,11 +87,19 @@ def notify_receivers(database_url: str | None = None, batch_size: int = 2000,
     with job_slot():
         url, claimer = _store(database_url), claimer_name("notify_receivers:")
         tips_seen = queued = 0
-        while True:
-            claimed, made = queue_tip_mails_batch(url, claimer, batch_size, digest_window_s, now)
-            tips_seen, queued = tips_seen + claimed, queued + made
-            if claimed < batch_size:
-                break
+        try:
+            while True:
+                claimed, made = queue_tip_mails_batch(url, claimer, batch_size,
+                                                      digest_window_s, now)
+                tips_seen, queued = tips_seen + claimed, queued + made
+                if claimed < batch_size:
+                    break
+        finally:
+            report_table("notify-receivers", f"Notifications: {queued} mails queued for "
+                         f"{tips_seen} tips",
+                         [row("tips whose mail is queued", tips_seen,
+                              note=f"{queued} new mails (a digest covers several tips; a mail "
+                                   "queued before is not queued again)")])
         get_run_logger().info("%d tips, %d mails queued", tips_seen, queued)
         return {"tips": tips_seen, "mails_queued": queued}
 
@@ -130,22 +136,37 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
                             backoff_max=timedelta(seconds=backoff_max_s))
         with sessions(url)() as session:
             ahead = due_count(session, now)
-        progress = create_progress_artifact(0.0, key="send-mail-progress",
-                                            description=f"{ahead} mails due at the start")
         total = SendReport()
-        while True:
-            report = send_mail_batch(url, smtp_block, claimer, batch_size, policy, now)
-            total.add(report)
-            update_progress_artifact(progress, min(100.0, 100.0 * total.claimed / max(ahead, 1)))
-            if report.server_down:  # the rest waits for the next run instead of timing out here
-                get_run_logger().warning("SMTP server unreachable; the rest waits for the next run")
-                break
-            if report.claimed < batch_size:
-                break
+        try:
+            with progress("send-mail-progress", "mails due at the start", ahead) as sending:
+                while True:
+                    report = send_mail_batch(url, smtp_block, claimer, batch_size, policy, now)
+                    total.add(report)
+                    sending.advance(report.claimed)
+                    if report.server_down:  # the rest waits for the next run, no timeouts here
+                        get_run_logger().warning(
+                            "SMTP server unreachable; the rest waits for the next run")
+                        break
+                    if report.claimed < batch_size:
+                        break
+        finally:
+            report_table("send-mail", _mail_title(total), _mail_rows(total))
         figures = {k: int(v) for k, v in vars(total).items() if k != "errors"}
-        _summary("send-mail", "Outgoing mail: this run", figures)
         get_run_logger().info("mail: %s", figures)
         return figures
+
+
+def _mail_title(total: SendReport) -> str:
+    down = "; the SMTP server was unreachable" if total.server_down else ""
+    return (f"Outgoing mail: {total.sent} sent, {total.deferred} held back, "
+            f"{total.retried} to retry, {total.failed} given up{down}")
+
+
+def _mail_rows(total: SendReport) -> list[dict[str, object]]:
+    return [row("messages sent", total.sent, note=f"{total.digested} mails inside digests"),
+            row("held back by the hourly limit", 0, skipped=total.deferred),
+            row("to be tried again (backoff)", 0, failed=total.retried, reasons=total.errors),
+            row("given up (attempt cap)", 0, failed=total.failed)]
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -193,15 +214,39 @@ def deliver_files(database_url: str | None = None, package_folder: str | None = 
         folder = package_folder or str(get_settings().data_dir / "packages")
         policy = packages.DeliveryPolicy(max_attempts=max_attempts)
         total = packages.DeliveryReport()
-        while True:
-            report = deliver_files_batch(url, claimer, batch_size, folder, target_block,
-                                         target_folder, policy, now)
-            total.add(report)
-            if report.claimed < batch_size:
-                break
-        figures = {k: v for k, v in vars(total).items() if k != "errors"}
-        _summary("deliver-files", "File delivery: this run", figures)
-        return figures
+        ahead = _tips_to_deliver(url, bool(target_block or target_folder), now)
+        try:
+            with progress("deliver-files-progress", "tips to deliver", ahead) as delivering:
+                while True:
+                    report = deliver_files_batch(url, claimer, batch_size, folder, target_block,
+                                                 target_folder, policy, now)
+                    total.add(report)
+                    delivering.advance(report.claimed)
+                    if report.claimed < batch_size:
+                        break
+        finally:
+            report_table("deliver-files", f"File delivery: {total.performed} delivered, "
+                         f"{total.available} available, {total.retried} to retry, "
+                         f"{total.unable} unable", [
+                             row("packages pushed to the target (delivery performed)",
+                                 total.performed),
+                             row("packages made (delivery available)", total.available),
+                             row("tips without files (no data available)", 0,
+                                 skipped=total.no_data),
+                             row("to be tried again", 0, failed=total.retried,
+                                 reasons=total.errors),
+                             row("unable to be delivered (attempt cap)", 0,
+                                 failed=total.unable)])
+        return {k: v for k, v in vars(total).items() if k != "errors"}
+
+
+def _tips_to_deliver(url: str, with_target: bool, now: datetime | None) -> int:
+    """How many tips a run has ahead of it, for its progress (the claim's own filter)."""
+    # _due only asks whether there is a transport; a stand-in avoids opening the target.
+    stand_in = cast(Transport, object()) if with_target else None
+    due = packages._due(stand_in, now or utcnow())
+    with sessions(url)() as session:
+        return session.scalar(select(func.count()).select_from(ReceiverTip).where(due)) or 0
 
 
 # --- notifications (AyaNova) ---------------------------------------------------------------
@@ -225,16 +270,28 @@ def deliver_notifications(database_url: str | None = None, batch_size: int = 500
     with job_slot():
         url, claimer = _store(database_url), claimer_name("deliver_notifications:")
         totals = {"events": 0, "delivered": 0, "waiting": 0, "removed": 0}
+        errors: list[str] = []
         try:
             while True:
                 report = deliver_notifications_batch(url, claimer, batch_size, now)
                 for name in totals:
                     totals[name] += getattr(report, name)
+                errors.extend(report.errors[:3])
                 if report.events < batch_size:
                     break
         finally:
             with sessions(url)() as session:
                 notify.release_waiting(session, claimer=claimer)
+            report_table("deliver-notifications", f"Notifications: {totals['delivered']} "
+                         f"delivered from {totals['events']} events, {totals['waiting']} "
+                         "waiting for their window", [
+                             row("deliveries to subscribers", totals["delivered"],
+                                 note="e-mail and SMS queued for send_mail; memos written",
+                                 reasons=errors),
+                             row("waiting: delivery window closed", 0,
+                                 skipped=totals["waiting"]),
+                             row("events every subscriber now has (removed)",
+                                 totals["removed"])])
         get_run_logger().info("notifications: %s", totals)
         return totals
 
@@ -265,15 +322,26 @@ def deliver_client_notifications(database_url: str | None = None,
     with job_slot():
         url, claimer = _store(database_url), claimer_name("deliver_client_notifications:")
         totals = {"sent": 0, "dropped": 0}
-        while True:
-            try:
-                report = deliver_client_notifications_batch(url, smtp_block, claimer, batch_size,
-                                                            on_unreachable, now)
-            except SmtpUnavailable as exc:
-                get_run_logger().error("SMTP server unreachable, stopping: %s", exc)
-                raise
-            totals["sent"] += report.sent
-            totals["dropped"] += report.dropped
-            if report.claimed < batch_size:
-                break
+        errors: list[str] = []
+        try:
+            while True:
+                try:
+                    report = deliver_client_notifications_batch(url, smtp_block, claimer,
+                                                                batch_size, on_unreachable, now)
+                except SmtpUnavailable as exc:
+                    get_run_logger().error("SMTP server unreachable, stopping: %s", exc)
+                    errors.append(f"SMTP server unreachable: {exc}")
+                    raise
+                totals["sent"] += report.sent
+                totals["dropped"] += report.dropped
+                errors.extend(report.errors[:3])
+                if report.claimed < batch_size:
+                    break
+        finally:
+            report_table("deliver-client-notifications", f"Client notifications: "
+                         f"{totals['sent']} sent, {totals['dropped']} dropped", [
+                             row("messages sent", totals["sent"]),
+                             row("dropped as undeliverable", 0, failed=totals["dropped"],
+                                 reasons=errors)])
+        get_run_logger().info("client notifications: %s", totals)
         return totals

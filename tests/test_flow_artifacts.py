@@ -1,0 +1,113 @@
+"""Each flow's run page says what happened: its table (done, skipped, failed) and, on long
+runs, its progress artifact, read back over the Prefect API after a real run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from typing import Any
+
+import pytest
+
+from blocks.smtp import SmtpServer as SmtpBlock
+from opsflow.delivery import seed
+from opsflow.store import session_scope
+from tests.support.servers import RecordingHandler, SmtpServer
+from tests.test_booklet_flow import _artifacts
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _run_artifacts(state: Any) -> dict[str, dict]:
+    return asyncio.run(_artifacts(state.state_details.flow_run_id))
+
+
+def _table(artifact: dict) -> list[dict[str, Any]]:
+    data = artifact["data"]
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def _steps(artifact: dict) -> dict[str, dict[str, Any]]:
+    return {r["step"]: r for r in _table(artifact)}
+
+
+def _smtp_block(port: int) -> str:
+    name = f"artifacts-smtp-{uuid.uuid4().hex[:8]}"
+    SmtpBlock(host="127.0.0.1", port=port, from_address="opsflow@example.org",
+              timeout=5).save(name, overwrite=True)
+    return name
+
+
+def test_tips_and_notifications_report_what_they_did(sqlite_url: str) -> None:
+    from flows.delivery import create_tips, notify_receivers
+
+    with session_scope(sqlite_url) as session:
+        people = seed.add_receivers(session, 2)
+        seed.add_submissions(session, 3, people)
+
+    state = create_tips(database_url=sqlite_url, batch_size=2, return_state=True)
+    assert state.is_completed(), state.message
+    table = _run_artifacts(state)["create-tips"]
+    assert _steps(table)["finalized submissions given their tips"]["done"] == 3
+    assert "6 created for 3 finalized submissions" in table["description"]
+
+    state = notify_receivers(database_url=sqlite_url, digest_window_s=0, return_state=True)
+    assert state.is_completed(), state.message
+    table = _run_artifacts(state)["notify-receivers"]
+    assert _steps(table)["tips whose mail is queued"]["done"] == 6
+    assert "6 mails queued for 6 tips" in table["description"]
+
+
+class HoldAfter(RecordingHandler):
+    """Accepts mails; after the `count`-th it waits until the test says go on."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count, self.reached, self.go_on = count, threading.Event(), threading.Event()
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
+        reply = await super().handle_DATA(server, session, envelope)
+        if len(self.messages) == self.count:
+            self.reached.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.go_on.wait, 30)
+        return reply
+
+
+def test_send_mail_that_fails_midway_keeps_its_table(sqlite_url: str) -> None:
+    """The SMTP block is deleted while the first batch is on the wire: the second batch
+    cannot load it and the run fails; the table still says what the first batch sent."""
+    import contextvars
+
+    from flows.delivery import create_tips, notify_receivers, send_mail
+
+    with session_scope(sqlite_url) as session:
+        seed.add_submissions(session, 5, seed.add_receivers(session, 1))
+    create_tips(database_url=sqlite_url)
+    notify_receivers(database_url=sqlite_url, digest_window_s=0)
+    server = SmtpServer(handler=HoldAfter(2))
+    server.start()
+    block = _smtp_block(server.port)
+    states: list[Any] = []
+    run = contextvars.copy_context().run  # the thread talks to the same test server
+    worker = threading.Thread(target=run, args=(lambda: states.append(
+        send_mail.with_options(retries=0)(database_url=sqlite_url, smtp_block=block,
+                                          batch_size=2, return_state=True)),))
+    try:
+        worker.start()
+        assert server.handler.reached.wait(60), "the first batch never arrived"
+        SmtpBlock.delete(block)
+        server.handler.go_on.set()
+        worker.join(120)
+    finally:
+        server.handler.go_on.set()
+        server.stop()
+    state = states[0]
+    assert state.is_failed() and block in str(state.message), state.message
+    artifacts = _run_artifacts(state)
+    table = artifacts["send-mail"]
+    assert _steps(table)["messages sent"]["done"] == 2
+    assert "2 sent" in table["description"]
+    progress = artifacts["send-mail-progress"]
+    assert progress["data"] == 40.0 and "stopped after 2 of 5" in progress["description"]
