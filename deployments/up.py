@@ -37,6 +37,13 @@ LOCK_NAME = "opsflow-up.lock"
 SERVER_START_TIMEOUT = 180.0  # seconds; about 15 s on a quiet 2-core machine
 SERVER_STOP_TIMEOUT = 20.0
 PR_SET_PDEATHSIG = 1
+# How often the runner asks the server for runs that are due. Prefect's default of 10 s is
+# most of the wait of a file dropped after a quiet spell (event -> run -> runner picks it up);
+# a local server answers this query in a few milliseconds.
+RUNNER_POLL_SECONDS = 2.0
+# Flow runs the one process runs at once: every deployment may have one going, and a
+# lingering sync drain must not keep the others waiting (Prefect's default is 5).
+RUNNER_PROCESS_LIMIT = 20
 
 
 class UpError(RuntimeError):
@@ -232,7 +239,8 @@ async def serve_until_stopped(deployments: list[Any], on_ready: Callable[[], Non
 
     from prefect.runner import Runner
 
-    runner = Runner(name="opsflow-up")
+    runner = Runner(name="opsflow-up", query_seconds=RUNNER_POLL_SECONDS,
+                    limit=RUNNER_PROCESS_LIMIT)
     for deployment in deployments:
         await runner.aadd_deployment(deployment)
     stop = asyncio.Event()
