@@ -21,9 +21,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
+from sqlalchemy import func, select
 
 from blocks.targets import open_transport
 from flows.jobs import job_slot
+from flows.reporting import progress, report_markdown, report_table, row
 from opsflow.claim import claimer_name
 from opsflow.settings import get_settings
 from opsflow.store import session_scope, sessions, utcnow
@@ -37,9 +39,9 @@ from opsflow.transfer.client import (
 )
 from opsflow.transfer.consumer import restart_experiment
 from opsflow.transfer.provider import provider_run, register_experiment, transfer_experiment_files
-from opsflow.transfer.records import StateName
+from opsflow.transfer.records import StateName, SyncedExperiment
 from opsflow.transfer.sites import RecordSiteManager, Site
-from opsflow.transfer.states import RetryPolicy, Tick, advance_claimed, claim_due
+from opsflow.transfer.states import RetryPolicy, Tick, advance_claimed, claim_due, due_filter
 from opsflow.transports.base import Transport
 
 PROVIDER_DEPLOYMENT = "transfer-experiment-files/provider"
@@ -143,6 +145,9 @@ def transfer_experiment_files_flow(uid: str, destination: str, site: str,
                 report = transfer_experiment_files(session, uid, destination, transport)
             finally:
                 transport.close()
+        report_table("transfer-experiment-files", f"{uid} to {site}: {report.summary()}", [
+            row("datafiles sent", len(report.sent), note=f"{report.bytes_sent} bytes"),
+            row("already there with the same sha256", 0, skipped=len(report.skipped))])
         get_run_logger().info("%s to %s: %s", uid, site, report.summary())
         return report.summary()
 
@@ -173,18 +178,43 @@ def advance_transfers(client: str = "deployment", batch_size: int = BATCH,
         claimer = claimer_name("advance-transfers:")
         totals: dict[str, int] = {}
         after_id = 0
-        while True:
-            with sessions(url)() as session:
-                ids = claim_due(session, claimer=claimer, limit=batch_size, lease=LEASE,
-                                now=utcnow(), after_id=after_id)
-            if not ids:
-                break
-            after_id = max(ids)
-            for state, count in advance_batch(url, ids, claimer, client,
-                                              provider_database_url).items():
-                totals[state] = totals.get(state, 0) + count
+        try:
+            with progress("advance-transfers-progress", "experiments due",
+                          _due_count(url)) as advancing:
+                while True:
+                    with sessions(url)() as session:
+                        ids = claim_due(session, claimer=claimer, limit=batch_size,
+                                        lease=LEASE, now=utcnow(), after_id=after_id)
+                    if not ids:
+                        break
+                    after_id = max(ids)
+                    for state, count in advance_batch(url, ids, claimer, client,
+                                                      provider_database_url).items():
+                        totals[state] = totals.get(state, 0) + count
+                    advancing.advance(len(ids))
+        finally:
+            report_table("advance-transfers", _transfers_title(totals), _transfers_rows(totals))
         get_run_logger().info("Transfers advanced: %s", totals or "none due")
         return totals
+
+
+def _due_count(url: str) -> int:
+    """How many experiments the tick has ahead of it (the claim's own filter)."""
+    with sessions(url)() as session:
+        return session.scalar(select(func.count()).select_from(SyncedExperiment)
+                              .where(due_filter(utcnow()))) or 0
+
+
+def _transfers_title(totals: dict[str, int]) -> str:
+    states = ", ".join(f"{count} {state}" for state, count in sorted(totals.items()))
+    return f"Transfers advanced: {states or 'none due'}"
+
+
+def _transfers_rows(totals: dict[str, int]) -> list[dict[str, object]]:
+    """One row per state the experiments ended this tick in."""
+    return [row(f"now {state}", 0, failed=count, note="no retry can help")
+            if state == StateName.FAIL_PERMANENT else row(f"now {state}", count)
+            for state, count in sorted(totals.items())]
 
 
 @flow(name="broadcast-experiment")
@@ -197,6 +227,8 @@ def broadcast_experiment(epn: str, to: Literal["all", "owners"] = "all",
             synced = register_experiment(session, epn, RecordSiteManager(session),
                                          broadcast=(to == "all"))
             names = [s.site for s in synced]
+        report_markdown("broadcast-experiment", f"EPN {epn} registered at {len(names)} site(s)",
+                        f"EPN **{epn}** registered ({to}) at: {', '.join(names) or 'no site'}")
         get_run_logger().info("EPN %s registered at %s", epn, ", ".join(names) or "no site")
         return names
 
@@ -210,6 +242,9 @@ def restart_transfer(uid: str, site: str | None = None,
         with session_scope(url) as session:
             rows = restart_experiment(session, uid, site=site)
             names = [r.site for r in rows]
+        report_markdown("restart-transfer", f"{uid} restarted at {len(names)} site(s)",
+                        f"**{uid}** back to {StateName.INGESTED} at: "
+                        f"{', '.join(names) or 'no site'}")
         get_run_logger().info("%s restarted at %s (state %s)", uid, ", ".join(names),
                               StateName.INGESTED)
         return names

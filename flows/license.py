@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import date
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 
 from blocks.license import License
 from flows.jobs import job_slot
+from flows.reporting import report_markdown
 from opsflow.license import (
     LicenseExpired,
     LicenseSettings,
@@ -61,14 +61,21 @@ def check_license(block_name: str = LICENSE_BLOCK, today: date | None = None) ->
         assessment = assess(terms, today, steps)
         summary = assessment.summary(terms)
         if assessment.standing is Standing.EXPIRED:
+            report_markdown("license", "License expired", f"**{summary}**")
             raise LicenseExpired(summary)
         if assessment.standing is Standing.WARN:
             if warn_ops_task(terms, today, steps):
                 logger.warning("%s; OPS warned", summary)
-                create_markdown_artifact(key="license-warning", markdown=f"**{summary}**",
-                                         description="License expiry warning sent to OPS")
+                report_markdown("license-warning", "License expiry warning sent to OPS",
+                                f"**{summary}**")
+                outcome = "OPS warned"
             else:
                 logger.info("%s; OPS was already warned at this step", summary)
+                outcome = "OPS was already warned at this step"
         else:
             logger.info(summary)
+            outcome = "no warning due"
+        report_markdown("license", f"License: {assessment.days_left} days left",
+                        f"**{summary}**\n\n- valid until: {terms.expires_on.isoformat()}\n"
+                        f"- days left: {assessment.days_left}\n- warning: {outcome}")
     return summary

@@ -16,6 +16,8 @@ from opsflow.delivery import seed
 from opsflow.store import session_scope
 from tests.support.servers import RecordingHandler, SmtpServer
 from tests.test_booklet_flow import _artifacts
+from tests.test_license import license_block, on  # noqa: F401 - fixture
+from tests.test_transfer_flows import two_sites  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -111,3 +113,35 @@ def test_send_mail_that_fails_midway_keeps_its_table(sqlite_url: str) -> None:
     assert "2 sent" in table["description"]
     progress = artifacts["send-mail-progress"]
     assert progress["data"] == 40.0 and "stopped after 2 of 5" in progress["description"]
+
+
+@pytest.mark.usefixtures("two_sites")
+def test_advance_transfers_reports_progress_and_end_states(sqlite_url: str) -> None:
+    from flows.experiments import advance_transfers, broadcast_experiment
+
+    url = sqlite_url
+    state = broadcast_experiment("555", database_url=url, return_state=True)
+    assert "registered (all) at: monash, uq" in _run_artifacts(state)["broadcast-experiment"]["data"]
+    state = advance_transfers(client="in-process", batch_size=1, database_url=url,
+                              return_state=True)
+    assert state.is_completed(), state.message
+    artifacts = _run_artifacts(state)
+    progress = artifacts["advance-transfers-progress"]
+    assert progress["data"] == 100.0 and "done, 2 of 2" in progress["description"]
+    table = artifacts["advance-transfers"]
+    assert _steps(table)["now Complete"]["done"] == 2
+    assert table["description"] == "Transfers advanced: 2 Complete"
+
+
+@pytest.mark.usefixtures("license_block")
+def test_check_license_says_how_long_a_valid_license_lasts() -> None:
+    from flows.license import check_license
+
+    state = check_license("opsflow-license-test", today=on(100), return_state=True)
+    assert state.is_completed(), state.message
+    artifacts = _run_artifacts(state)
+    assert "license-warning" not in artifacts
+    text = artifacts["license"]["data"]
+    assert "valid until: 2027-03-31" in text and "days left: 100" in text
+    assert "warning: no warning due" in text
+    assert artifacts["license"]["description"] == "License: 100 days left"
