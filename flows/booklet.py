@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.booklet import BookletConfig, BookletResults
 from flows.jobs import job_slot
+from flows.reporting import report_table, row
 from opsflow.booklet.indico import Event, read_export
 from opsflow.booklet.options import BookletOptions
 from opsflow.booklet.render import render_booklet
@@ -131,5 +132,8 @@ def sweep_booklet_results(results: BookletResults | str | None = None) -> int:
     """Delete the booklets whose expiry has passed; returns how many went."""
     with job_slot():
         removed = sweep(results_block(results))
+        report_table("sweep-booklet-results", f"{len(removed)} expired booklet(s) removed",
+                     [row("expired booklets removed", len(removed),
+                          note=", ".join(removed[:10]))])
         get_run_logger().info("removed %d expired booklet(s)", len(removed))
         return len(removed)

@@ -12,10 +12,10 @@ from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.logging import get_logger
 from prefect.runtime import flow_run as current_flow_run
+from sqlalchemy import func, select
 
 from flows.jobs import (  # noqa: F401 - the submission helpers, re-exported for callers
     JOB_HOOKS,
@@ -29,12 +29,15 @@ from flows.jobs import (  # noqa: F401 - the submission helpers, re-exported for
     submit_job,
     unlock_api,
 )
+from flows.reporting import progress, report_table, row
 from opsflow.settings import get_settings
-from opsflow.store import sessions
+from opsflow.store import sessions, utcnow
 from opsflow.workorders.generate import (
     DEFAULT_BATCH,
+    PM,
     BatchOutcome,
     claim_due,
+    due,
     generate_batch,
     release_claims,
 )
@@ -64,6 +67,12 @@ def generate_pm_batch(database_url: str, claimer: str, batch_size: int) -> dict[
     return outcome.as_dict()
 
 
+def _due_pms(database_url: str) -> int:
+    """How many PMs the run has ahead of it (the claim's own filter)."""
+    with sessions(database_url)() as session:
+        return session.scalar(select(func.count()).select_from(PM).where(due(utcnow()))) or 0
+
+
 def hand_back_pms(flow: Any, flow_run: FlowRun, state: State) -> None:
     """State hook (failed or crashed run): give the run's PMs back, saying why."""
     reason = f"generator run {flow_run.name} {state.name}: {state.message or 'no message'}"
@@ -82,15 +91,27 @@ def generate_pm_workorders(batch_size: int = DEFAULT_BATCH,
     with job_slot():
         database_url = get_settings().database_url
         claimer = pm_claimer(current_flow_run.id)
-        for _ in range(max_batches):
-            counts = generate_pm_batch(database_url, claimer, batch_size)
-            totals.add(BatchOutcome(**counts))
-            if counts["claimed"] == 0:
-                break
-        else:
-            logger.warning("stopped after %d batches; the next run goes on", max_batches)
+        try:
+            with progress("pm-workorders-progress", "PMs due",
+                          _due_pms(database_url)) as generating:
+                for _ in range(max_batches):
+                    counts = generate_pm_batch(database_url, claimer, batch_size)
+                    totals.add(BatchOutcome(**counts))
+                    generating.advance(counts["claimed"])
+                    if counts["claimed"] == 0:
+                        break
+                else:
+                    logger.warning("stopped after %d batches; the next run goes on",
+                                   max_batches)
+        finally:
+            report_table("pm-workorders", f"Work orders from preventive maintenance: "
+                         f"{totals.generated} made from {totals.claimed} due PMs", [
+                             row("work orders made", totals.generated),
+                             row("occurrences another run had made", 0,
+                                 skipped=totals.duplicates),
+                             row("PMs past their stop date", totals.finished),
+                             row("PMs with a broken repeat rule", 0, failed=totals.failed,
+                                 note="stopped; see last_error on each PM")])
     summary = totals.as_dict()
-    create_table_artifact(key="pm-workorders", table=[summary],
-                          description="Work orders made from preventive maintenance this run")
     logger.info("PM work orders: %s", summary)
     return summary

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.sync_mapping import SyncMapping, mapping_names
 from flows.jobs import job_slot
+from flows.reporting import report_table, row
 from opsflow.claim import claimer_name
 from opsflow.settings import get_settings
 from opsflow.store import utcnow
@@ -220,7 +221,25 @@ def sync_all_folders(full: bool = True, database_url: str | None = None) -> dict
                             return_state=True)
         results[name] = state.result(raise_on_failure=False) if state.is_completed() \
             else state.message
+    report_table("sync-all-folders", _overview_title(results),
+                 [_mapping_row(name, result) for name, result in results.items()])
     return results
+
+
+def _overview_title(results: dict[str, Any]) -> str:
+    failed = sum(1 for result in results.values() if not isinstance(result, dict))
+    return f"Sync of every mapping: {len(results) - failed} synced, {failed} failed"
+
+
+def _mapping_row(name: str, result: Any) -> dict[str, object]:
+    """A mapping's line: what its run applied, or why it failed (its own run has the rest)."""
+    if not isinstance(result, dict):
+        return row(name, 0, failed=1, reasons=[str(result)])
+    if result.get("stepped_aside"):
+        return row(name, 0, skipped=1, note="a drain of it was running already")
+    done = sum(result.get(k, 0) for k in ("sent", "moved", "deleted"))
+    return row(name, done, skipped=result.get("skipped", 0), failed=result.get("failed", 0),
+               note=", ".join(f"{v} {k}" for k, v in result.items()))
 
 
 def _drain(url: str, settings: MappingSettings, connection: TargetConnection, owner: str,

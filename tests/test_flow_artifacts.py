@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -145,3 +146,24 @@ def test_check_license_says_how_long_a_valid_license_lasts() -> None:
     assert "valid until: 2027-03-31" in text and "days left: 100" in text
     assert "warning: no warning due" in text
     assert artifacts["license"]["description"] == "License: 100 days left"
+
+
+def test_sync_all_folders_lists_each_mapping_synced_or_failed(sqlite_url: str,
+                                                              tmp_path: Path) -> None:
+    from blocks.local_folder import LocalFolder
+    from flows.transfer import sync_all_folders
+    from tests.sync_support import write
+    from tests.test_sync_flow import save_mapping
+
+    good, bad = f"overview-good-{uuid.uuid4().hex[:6]}", f"overview-bad-{uuid.uuid4().hex[:6]}"
+    save_mapping(good, tmp_path / "good", LocalFolder(path=str(tmp_path / "remote")))
+    write(tmp_path / "good", "a.txt", "a")
+    (tmp_path / "a-file").write_text("not a folder")
+    save_mapping(bad, tmp_path / "bad", LocalFolder(path=str(tmp_path / "a-file" / "remote")))
+    write(tmp_path / "bad", "b.txt", "b")
+
+    state = sync_all_folders(database_url=sqlite_url, return_state=True)
+    rows = _steps(_run_artifacts(state)["sync-all-folders"])
+    assert rows[good]["done"] == 1 and rows[good]["failed"] == 0
+    assert rows[bad]["failed"] == 1 and "a-file" in str(rows[bad]["note"])
+    assert (tmp_path / "remote" / "a.txt").read_text() == "a"
