@@ -30,6 +30,7 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ObjectNotFound
 
 from flows.jobs import job_slot
+from flows.reporting import progress
 from opsflow.delivery.outbox import MailPolicy
 from opsflow.license import normalize_steps
 from opsflow.maintenance.cleaning import EXPIRED, UNFINISHED, erase_batch, expired, unfinished
@@ -328,7 +329,7 @@ def clean_expired(database_url: str | None = None, batch_size: int = 200,
     mails_before = now - timedelta(days=sent_mail_days or settings.sent_mail_retention_days)
     rows: list[dict[str, object]] = []
     figures: dict[str, int] = {}
-    with job_slot():
+    with job_slot(), progress("clean-expired-progress", "cleaning steps", 4) as stepping:
         reminded = raced = 0
         for window in step_windows(steps, now):
             while True:
@@ -339,6 +340,7 @@ def clean_expired(database_url: str | None = None, batch_size: int = 200,
         rows.append(_row("expiry reminders queued", reminded, raced,
                          note=f"steps {', '.join(map(str, steps))} days; skipped: another run"))
         figures["reminders"] = reminded
+        stepping.advance()
 
         for reason in (EXPIRED, UNFINISHED):
             total, skip = Erased(), []
@@ -356,11 +358,13 @@ def clean_expired(database_url: str | None = None, batch_size: int = 200,
                                   f"{total.files_already_gone} gone already"))
             figures[f"{reason}_submissions"] = total.submissions
             figures[f"{reason}_failed"] = len(total.kept)
+            stepping.advance()
 
         figures["sent_mails"] = _drain_sent_mails(url, mails_before, batch_size,
                                                   "sent mail retention")
         rows.append(_row("sent mails deleted", figures["sent_mails"],
                          note=f"sent before {mails_before.isoformat(timespec='minutes')}"))
+        stepping.advance()
     _table("clean-expired", "Cleaning: reminders and deletions of this run", rows)
     get_run_logger().info("cleaning: %s", figures)
     failed = figures["expired_failed"] + figures["unfinished_failed"]
