@@ -49,6 +49,11 @@ from opsflow.store import utcnow
 
 logger = get_logger("opsflow.jobs")
 
+# A run holds its slots under a lease that it renews while alive; a run killed with -9 gives
+# them back when the lease runs out (Prefect's default is 5 minutes: an exclusive job would
+# wait that long for a crashed ordinary run).
+SLOT_LEASE_SECONDS = 60.0
+
 
 # --- the job limit and exclusive runs ----------------------------------------------------------
 
@@ -91,7 +96,7 @@ def job_slot(exclusive: bool | None = None) -> Iterator[int]:
     occupy = slots_to_occupy(exclusive=exclusive, limit=job_limit_slots())
     if exclusive:
         logger.info("exclusive run: waiting for all %d slots of %s", occupy, JOB_LIMIT)
-    with concurrency(JOB_LIMIT, occupy=occupy, strict=True):
+    with concurrency(JOB_LIMIT, occupy=occupy, strict=True, lease_duration=SLOT_LEASE_SECONDS):
         yield occupy
 
 

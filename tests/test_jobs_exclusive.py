@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from prefect import flow, tags
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 
 from flows.jobs import ensure_job_limits, job_slot
 from opsflow.jobs import EXCLUSIVE_TAG, JOB_LIMIT
@@ -55,8 +57,16 @@ def overlap(a: dict[str, float], b: dict[str, float]) -> bool:
 
 
 @pytest.fixture
-def job_limit(prefect_harness: None) -> int:
-    return ensure_job_limits(3)
+def job_limit(prefect_harness: None) -> Iterator[int]:
+    """A fresh 3-slot limit: slots that runs killed by other tests still hold (until their
+    lease runs out) must not make these runs wait."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_global_concurrency_limit_by_name(JOB_LIMIT)
+        except ObjectNotFound:
+            pass
+    yield ensure_job_limits(3)
+    ensure_job_limits()  # the default size again for the flows of later tests
 
 
 def test_ensure_job_limits_creates_and_resizes_the_limit(job_limit: int) -> None:
