@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import func, select
 
 from blocks.smtp import SmtpServer
 from blocks.targets import open_transport
@@ -24,10 +23,9 @@ from flows.reporting import progress, report_table, row
 from opsflow.claim import claimer_name
 from opsflow.delivery import client, notify, packages, tips
 from opsflow.delivery.outbox import MailPolicy, SendReport, due_count, send_batch
-from opsflow.delivery.records import ReceiverTip
 from opsflow.delivery.smtp import SmtpUnavailable
 from opsflow.settings import get_settings
-from opsflow.store import sessions, utcnow
+from opsflow.store import sessions
 from opsflow.transports.base import Transport
 from opsflow.transports.local import LocalTransport
 
@@ -242,11 +240,8 @@ def deliver_files(database_url: str | None = None, package_folder: str | None = 
 
 def _tips_to_deliver(url: str, with_target: bool, now: datetime | None) -> int:
     """How many tips a run has ahead of it, for its progress (the claim's own filter)."""
-    # _due only asks whether there is a transport; a stand-in avoids opening the target.
-    stand_in = cast(Transport, object()) if with_target else None
-    due = packages._due(stand_in, now or utcnow())
     with sessions(url)() as session:
-        return session.scalar(select(func.count()).select_from(ReceiverTip).where(due)) or 0
+        return packages.due_count(session, pushing=with_target, now=now)
 
 
 # --- notifications (AyaNova) ---------------------------------------------------------------

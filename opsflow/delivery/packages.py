@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
@@ -155,10 +155,18 @@ def build_package(tip_id: int, files: Sequence[SubmissionFile], folder: Path,
     return final, _sha256(final)
 
 
-def _due(transport: Transport | None, now: datetime):  # type: ignore[no-untyped-def]
-    states = [Delivery.NOT_YET] + ([Delivery.AVAILABLE] if transport is not None else [])
+def due(pushing: bool, now: datetime) -> ColumnElement[bool]:
+    """The tips a delivery run works on: those to package and, when it has a transport to
+    push through, the packaged ones not yet pushed; none waiting out a backoff."""
+    states = [Delivery.NOT_YET] + ([Delivery.AVAILABLE] if pushing else [])
     return and_(ReceiverTip.delivery.in_(states),
                 or_(ReceiverTip.next_delivery_at.is_(None), ReceiverTip.next_delivery_at <= now))
+
+
+def due_count(session: Session, *, pushing: bool, now: datetime | None = None) -> int:
+    """How many tips a run has ahead of it: what its progress counts to."""
+    return session.scalar(select(func.count()).select_from(ReceiverTip)
+                          .where(due(pushing, now or utcnow()))) or 0
 
 
 def deliver_batch(session: Session, *, folder: Path, transport: Transport | None, claimer: str,
@@ -170,7 +178,7 @@ def deliver_batch(session: Session, *, folder: Path, transport: Transport | None
     """
     policy = policy or DeliveryPolicy()
     now = now or utcnow()
-    tips = claim_batch(session, ReceiverTip, _due(transport, now), claimer=claimer, limit=limit,
+    tips = claim_batch(session, ReceiverTip, due(transport is not None, now), claimer=claimer, limit=limit,
                        lease=policy.lease, now=now)
     report = DeliveryReport(claimed=len(tips))
     if not tips:
