@@ -58,8 +58,10 @@ def test_a_mail_refused_for_now_waits_no_longer_than_the_cap(store_url: str, smt
         [mail] = mails(store_url)
         waits.append(mail.next_attempt_at - now)
         now = mail.next_attempt_at
-    # the batch's clock runs on while it sends: whole seconds are the backoff
-    assert [round(w.total_seconds()) for w in waits] == [60, 120, 240, 300, 300]
+    # The batch's clock runs on while it sends (seconds on a loaded machine): each wait is
+    # the backoff from the moment of the refusal, so at least the backoff and a little more.
+    for wait, backoff in zip(waits, [60, 120, 240, 300, 300], strict=True):
+        assert backoff <= wait.total_seconds() < backoff + 10
     assert mail.attempts == 5 and mail.status == MailStatus.PENDING
 
 
