@@ -173,9 +173,10 @@ def test_smtp_down_backs_off_counts_attempts_gives_up_and_sends_when_back(
         [mail] = mails(store_url)
         assert mail.attempts == step + 1
         if mail.status == MailStatus.PENDING:
-            waits.append(round((mail.next_attempt_at - t0).total_seconds()))
+            waits.append((mail.next_attempt_at - t0).total_seconds())
             t0 = mail.next_attempt_at
-    assert waits == [60, 120]
+    # The waits double; the batch's own clock may add the seconds a loaded machine takes.
+    assert [60 <= waits[0] < 70, 120 <= waits[1] < 130] == [True, True], waits
     assert mail.status == MailStatus.FAILED and "gave up after 3 attempts" in mail.last_error
     assert tip_markers(store_url) == {Notification.UNABLE: 1}
 
