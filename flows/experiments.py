@@ -21,7 +21,6 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
-from sqlalchemy import func, select
 
 from blocks.targets import open_transport
 from flows.jobs import job_slot
@@ -39,9 +38,9 @@ from opsflow.transfer.client import (
 )
 from opsflow.transfer.consumer import restart_experiment
 from opsflow.transfer.provider import provider_run, register_experiment, transfer_experiment_files
-from opsflow.transfer.records import StateName, SyncedExperiment
+from opsflow.transfer.records import StateName
 from opsflow.transfer.sites import RecordSiteManager, Site
-from opsflow.transfer.states import RetryPolicy, Tick, advance_claimed, claim_due, due_filter
+from opsflow.transfer.states import RetryPolicy, Tick, advance_claimed, claim_due, due_count
 from opsflow.transports.base import Transport
 
 PROVIDER_DEPLOYMENT = "transfer-experiment-files/provider"
@@ -199,10 +198,8 @@ def advance_transfers(client: str = "deployment", batch_size: int = BATCH,
 
 
 def _due_count(url: str) -> int:
-    """How many experiments the tick has ahead of it (the claim's own filter)."""
     with sessions(url)() as session:
-        return session.scalar(select(func.count()).select_from(SyncedExperiment)
-                              .where(due_filter(utcnow()))) or 0
+        return due_count(session)
 
 
 def _transfers_title(totals: dict[str, int]) -> str:

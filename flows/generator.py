@@ -15,7 +15,6 @@ from prefect import flow, get_run_logger, task
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.logging import get_logger
 from prefect.runtime import flow_run as current_flow_run
-from sqlalchemy import func, select
 
 from flows.jobs import (  # noqa: F401 - the submission helpers, re-exported for callers
     JOB_HOOKS,
@@ -31,13 +30,12 @@ from flows.jobs import (  # noqa: F401 - the submission helpers, re-exported for
 )
 from flows.reporting import progress, report_table, row
 from opsflow.settings import get_settings
-from opsflow.store import sessions, utcnow
+from opsflow.store import sessions
 from opsflow.workorders.generate import (
     DEFAULT_BATCH,
-    PM,
     BatchOutcome,
     claim_due,
-    due,
+    due_count,
     generate_batch,
     release_claims,
 )
@@ -68,9 +66,8 @@ def generate_pm_batch(database_url: str, claimer: str, batch_size: int) -> dict[
 
 
 def _due_pms(database_url: str) -> int:
-    """How many PMs the run has ahead of it (the claim's own filter)."""
     with sessions(database_url)() as session:
-        return session.scalar(select(func.count()).select_from(PM).where(due(utcnow()))) or 0
+        return due_count(session)
 
 
 def hand_back_pms(flow: Any, flow_run: FlowRun, state: State) -> None:

@@ -29,6 +29,7 @@ from opsflow.delivery.backoff import capped_backoff
 from opsflow.delivery.records import Delivery, Receiver, ReceiverTip, SubmissionFile
 from opsflow.store import utcnow
 from opsflow.transports.base import Transport, TransportError, Upload
+from opsflow.transports.local import file_sha256
 
 TIPS = ReceiverTip.__table__
 CHUNK = 1024 * 1024
@@ -64,14 +65,6 @@ class DeliveryReport:
         for name in ("claimed", "available", "performed", "no_data", "retried", "unable"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def entry_name(record: SubmissionFile) -> str:
@@ -152,7 +145,7 @@ def build_package(tip_id: int, files: Sequence[SubmissionFile], folder: Path,
     finally:
         for leftover in (zipped, partial):
             leftover.unlink(missing_ok=True)
-    return final, _sha256(final)
+    return final, file_sha256(final)
 
 
 def due(pushing: bool, now: datetime) -> ColumnElement[bool]:

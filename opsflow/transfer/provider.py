@@ -3,7 +3,6 @@ their datafiles to a site's storage."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from datetime import datetime
@@ -25,21 +24,12 @@ from opsflow.transfer.records import (
 from opsflow.transfer.sites import RecordSiteManager, Site, SiteManager
 from opsflow.transfer.states import RetryPolicy
 from opsflow.transports.base import Transport
-
-CHUNK = 1024 * 1024
+from opsflow.transports.local import file_sha256
 
 
 def experiment_uid(epn: str) -> str:
     """The id an experiment has at every site (MyTardis' default `tardis.<EPN>`)."""
     return f"tardis.{epn}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def catalogue_experiment(session: Session, epn: str, source_root: Path | str, *,
@@ -65,7 +55,7 @@ def catalogue_experiment(session: Session, epn: str, source_root: Path | str, *,
             path = Path(folder, name)
             rel = path.relative_to(root).as_posix()
             session.add(ProviderDatafile(experiment_id=experiment.id, path=rel,
-                                         size=path.stat().st_size, sha256=_sha256(path)))
+                                         size=path.stat().st_size, sha256=file_sha256(path)))
     session.flush()
     return experiment
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import ClassVar, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch, claimer_name
 from opsflow.delivery.backoff import capped_backoff
 from opsflow.delivery.outbox import enqueue
+from opsflow.store import utcnow
 from opsflow.transfer.client import (
     Phase,
     ProviderUnavailable,
@@ -337,6 +338,12 @@ def advance_claimed(session: Session, ids: Sequence[int], *, claimer: str, tick:
     finally:
         tick.close()
     return counts
+
+
+def due_count(session: Session, now: datetime | None = None) -> int:
+    """How many experiments a tick has ahead of it: what its progress counts to."""
+    return session.scalar(select(func.count()).select_from(SyncedExperiment)
+                          .where(due_filter(now or utcnow()))) or 0
 
 
 def claim_due(session: Session, *, claimer: str, limit: int, lease: timedelta,

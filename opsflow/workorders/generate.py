@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -90,6 +90,11 @@ def first_occurrence_dates(starts_at: datetime, every: int, unit: str, excluded:
     service_at = rule.service_date(0)
     return {"occurrence": 0, "occurrence_at": starts_at, "next_service_at": service_at,
             "generate_at": service_at - timedelta(days=generate_before_days)}
+
+
+def due_count(session: Session, now: datetime | None = None) -> int:
+    """How many PMs a run has ahead of it: what its progress counts to."""
+    return session.scalar(select(func.count()).select_from(PM).where(due(now or utcnow()))) or 0
 
 
 def claim_due(session: Session, *, claimer: str, limit: int = DEFAULT_BATCH,
