@@ -188,7 +188,7 @@ def seed_experiments(url: str, count: int) -> None:
 def bench_tick(work: Path, count: int) -> None:
     from prefect.testing.utilities import prefect_test_harness
 
-    import flows.experiments as experiments
+    import flows.transfer as experiments
 
     experiments.CLIENTS["all-running"] = lambda url: AllRunning()
     url = f"sqlite:///{work / 'tick.db'}"

@@ -93,7 +93,7 @@ DEPLOYMENTS: list[Deployment] = [
     # --- folder sync (seed 001) --------------------------------------------------------------
     Deployment(
         name="sync-folder",
-        entrypoint="flows/transfer.py:sync_folder",
+        entrypoint="flows/sync.py:sync_folder",
         description="Mirror one SyncMapping's queued changes to its target; woken by the "
         "folder sensor's event, lingers while changes keep coming.",
         triggers=(SYNC_TRIGGER,),
@@ -102,7 +102,7 @@ DEPLOYMENTS: list[Deployment] = [
     ),
     Deployment(
         name="sync-all-folders",
-        entrypoint="flows/transfer.py:sync_all_folders",
+        entrypoint="flows/sync.py:sync_all_folders",
         description="Safety net: every mapping compared with its remote listing, repairing "
         "changes no event reported (sensor downtime, inotify overflow).",
         interval=timedelta(minutes=15),
@@ -218,7 +218,7 @@ DEPLOYMENTS: list[Deployment] = [
     # --- experiment transfer (seed 003) ------------------------------------------------------
     Deployment(
         name="advance-transfers",
-        entrypoint="flows/experiments.py:advance_transfers",
+        entrypoint="flows/transfer.py:advance_transfers",
         description="Consumer tick: advance every experiment that is not final by one step "
         "(request, follow, check integrity, complete or fail).",
         interval=timedelta(seconds=30),
@@ -227,21 +227,21 @@ DEPLOYMENTS: list[Deployment] = [
     Deployment(
         # The provider's side: advance-transfers starts this deployment for each request.
         name="provider",
-        entrypoint="flows/experiments.py:transfer_experiment_files_flow",
+        entrypoint="flows/transfer.py:transfer_experiment_files_flow",
         description="Provider: copy an experiment's datafiles to a site's storage, skipping "
         "files already there with the same sha256, verifying each file written.",
         tags=("transfer",),
     ),
     Deployment(
         name="broadcast-experiment",
-        entrypoint="flows/experiments.py:broadcast_experiment",
+        entrypoint="flows/transfer.py:broadcast_experiment",
         description="Register an experiment (EPN) at every site that should receive it and "
         "notify their admins.",
         tags=("transfer",),
     ),
     Deployment(
         name="restart-transfer",
-        entrypoint="flows/experiments.py:restart_transfer",
+        entrypoint="flows/transfer.py:restart_transfer",
         description="Send a failed experiment back to Ingested with its original destination.",
         tags=("transfer",),
     ),

@@ -1,274 +1,247 @@
-"""Transfer flows: the folder sync (seed 001 Skynet) and the experiment transfers (seed 003).
+"""Experiment transfer flows (seed 003, MyTardis sync): the provider's transfer run, the
+consumer's tick, and the operator's broadcast and restart.
 
-Each flow is a list of steps over records with markers; the work itself is in `opsflow`.
+The consumer's tick is `advance-transfers` (every 30 s): it claims due experiments in
+batches and advances each batch in one task. By default the transfer client starts the
+provider's `transfer-experiment-files` deployment and follows that flow run's state.
 """
 
 from __future__ import annotations
 
-import re
-import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Literal
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.deployments import run_deployment
 
-from blocks.sync_mapping import SyncMapping, mapping_names
+from blocks.targets import open_transport
 from flows.jobs import job_slot
-from flows.reporting import report_table, row
+from flows.reporting import progress, report_markdown, report_table, row
 from opsflow.claim import claimer_name
 from opsflow.settings import get_settings
-from opsflow.store import utcnow
-from opsflow.sync import queue
-from opsflow.sync.drain import (
-    BATCH,
-    LEASE,
-    Heartbeat,
-    check_deletes_up_front,
-    prepare,
-    run_batch,
+from opsflow.store import session_scope, sessions, utcnow
+from opsflow.transfer.client import (
+    InProcessTransferClient,
+    Phase,
+    ProviderUnavailable,
+    RunStatus,
+    TransferClient,
+    TransferRequest,
 )
-from opsflow.sync.queue import Outcome
-from opsflow.sync.tree import MappingSettings
-from opsflow.transports.base import Transport, TransportUnavailable
+from opsflow.transfer.consumer import restart_experiment
+from opsflow.transfer.provider import provider_run, register_experiment, transfer_experiment_files
+from opsflow.transfer.records import StateName
+from opsflow.transfer.sites import RecordSiteManager, Site
+from opsflow.transfer.states import RetryPolicy, Tick, advance_claimed, claim_due, due_count
+from opsflow.transports.base import Transport
 
-# --- folder sync (issue 3) -------------------------------------------------------------------
+PROVIDER_DEPLOYMENT = "transfer-experiment-files/provider"
+BATCH = 500  # experiments per claimed batch, and per task run
+LEASE = timedelta(minutes=10)  # a batch that dies frees its experiments after this
+STATUS_PAGE = 200  # flow runs per read (the API's default page limit)
 
-DRAIN_LEASE = timedelta(seconds=60)  # renewed while the drain lives; a dead one frees it
-RENEW_EVERY = 10.0  # seconds
-POLL = 0.05  # seconds between queue polls while lingering
-TABLE_ROWS = 1000  # the artifact shows this many actions; the counts cover all
-RETRY_DELAYS = [1, 2, 4, 8, 15, 30]  # about a minute of outage rides through a batch
+PHASES = {
+    StateType.SCHEDULED: Phase.PENDING, StateType.PENDING: Phase.PENDING,
+    StateType.PAUSED: Phase.PENDING, StateType.RUNNING: Phase.RUNNING,
+    StateType.CANCELLING: Phase.RUNNING, StateType.COMPLETED: Phase.COMPLETED,
+    StateType.FAILED: Phase.FAILED, StateType.CRASHED: Phase.FAILED,
+    StateType.CANCELLED: Phase.FAILED,
+}
 
 
-class TargetConnection:
-    """One transport for the whole drain, reopened by the next attempt after a lost connection."""
+def open_site_storage(site: Site) -> Transport:
+    """The site's storage, through the target block its record names."""
+    return open_transport(Block.load(site.transport_block), site.remote_base)
 
-    def __init__(self, opener: Callable[[], Transport]) -> None:
-        self._opener = opener
-        self._transport: Transport | None = None
 
-    def get(self) -> Transport:
-        if self._transport is None:
-            self._transport = self._opener()
-        return self._transport
+class DeploymentTransferClient:
+    """The provider is a Prefect deployment: a request is a flow run, its status that run's
+    state. The idempotency key makes a re-sent request return the same run."""
 
-    def reset(self) -> None:
-        if self._transport is not None:
+    def __init__(self, deployment: str = PROVIDER_DEPLOYMENT,
+                 database_url: str | None = None) -> None:
+        self.deployment = deployment
+        self.database_url = database_url
+
+    def request(self, request: TransferRequest) -> str:
+        parameters = {"uid": request.uid, "destination": request.destination,
+                      "site": request.site, "database_url": self.database_url}
+        try:
+            run = run_deployment(self.deployment, parameters=parameters, timeout=0,
+                                 idempotency_key=request.idempotency_key, as_subflow=False)
+        except Exception as exc:  # noqa: BLE001 - any API failure: ask again later
+            raise ProviderUnavailable(f"cannot start {self.deployment}: {exc}") from None
+        return str(run.id)  # type: ignore[union-attr]
+
+    def statuses(self, handles: Sequence[str]) -> dict[str, RunStatus]:
+        found: dict[str, RunStatus] = {}
+        ids = [UUID(h) for h in handles]
+        try:
+            with get_client(sync_client=True) as client:
+                for start in range(0, len(ids), STATUS_PAGE):
+                    page = ids[start:start + STATUS_PAGE]
+                    runs = client.read_flow_runs(
+                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)),
+                        sort=FlowRunSort.ID_DESC, limit=len(page))  # sync client needs a sort
+                    for run in runs:
+                        found[str(run.id)] = run_status(run.state)
+        except Exception as exc:  # noqa: BLE001
+            raise ProviderUnavailable(f"cannot read transfer runs: {exc}") from None
+        return {h: found.get(h, RunStatus(Phase.UNKNOWN, "no such flow run")) for h in handles}
+
+
+def run_status(state: object) -> RunStatus:
+    if state is None:
+        return RunStatus(Phase.PENDING, "no state yet")
+    message = getattr(state, "message", None) or getattr(state, "name", "")
+    phase = PHASES.get(state.type, Phase.UNKNOWN)  # type: ignore[attr-defined]
+    return RunStatus(phase, message, permanent="PermanentTransferError" in message)
+
+
+# More clients by name (a deployment may plug in its own); "in-process" runs the provider here.
+CLIENTS: dict[str, Callable[[str], TransferClient]] = {
+    "in-process": lambda url: InProcessTransferClient(sessions(url),
+                                                      provider_run(open_site_storage)),
+}
+
+
+def make_client(client: str, url: str, provider_database_url: str | None = None
+                ) -> TransferClient:
+    """The named client; a deployment's runs use `provider_database_url`, or the provider's
+    own setting when it is None (the provider's store is not the consumer's)."""
+    if client in CLIENTS:
+        return CLIENTS[client](url)
+    return DeploymentTransferClient(client if client != "deployment" else PROVIDER_DEPLOYMENT,
+                                    database_url=provider_database_url)
+
+
+# --- provider --------------------------------------------------------------------------------
+
+@flow(name="transfer-experiment-files")
+def transfer_experiment_files_flow(uid: str, destination: str, site: str,
+                                   database_url: str | None = None) -> str:
+    """Copy an experiment's datafiles to a site: skip those already there with the same
+    sha256, hash the rest while they stream. Fails with the cause (PermanentTransferError
+    when no retry can help)."""
+    with job_slot():
+        url = database_url or get_settings().database_url
+        with session_scope(url) as session:
+            found = RecordSiteManager(session).get(site)
+            if found is None:
+                from opsflow.transfer.client import PermanentTransferError
+
+                raise PermanentTransferError(f"site {site!r} is not registered")
+            transport = open_site_storage(found)
             try:
-                self._transport.close()
-            except Exception:  # noqa: BLE001 - it is broken already
-                pass
-            self._transport = None
-
-    close = reset
-
-
-class SyncActionsFailed(RuntimeError):
-    """Some actions were refused by the target (permissions, a refused path)."""
+                report = transfer_experiment_files(session, uid, destination, transport)
+            finally:
+                transport.close()
+        report_table("transfer-experiment-files", f"{uid} to {site}: {report.summary()}", [
+            row("datafiles sent", len(report.sent), note=f"{report.bytes_sent} bytes"),
+            row("already there with the same sha256", 0, skipped=len(report.skipped))])
+        get_run_logger().info("%s to %s: %s", uid, site, report.summary())
+        return report.summary()
 
 
-def _connection_lost(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only a lost target; a refused path or max_delete fails at once."""
-    return isinstance(state.result(raise_on_failure=False), TransportUnavailable)
+# --- consumer --------------------------------------------------------------------------------
+
+@task(cache_policy=NO_CACHE)
+def advance_batch(url: str, ids: list[int], claimer: str, client: str,
+                  provider_database_url: str | None = None) -> dict[str, int]:
+    """Advance one claimed batch: all its run statuses in one read, then each experiment."""
+    with sessions(url)() as session:
+        tick = Tick(make_client(client, url, provider_database_url), RecordSiteManager(session), open_site_storage,
+                    utcnow(), RetryPolicy())
+        return advance_claimed(session, ids, claimer=claimer, tick=tick)
 
 
-@task(cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_connection_lost)
-def prepare_sync(database_url: str, settings: MappingSettings, connection: TargetConnection,
-                 full: bool, after_crash: bool) -> int:
-    """Sweep after a crash, seed a never-synced mapping, compare with the remote when
-    `full`, and check max_delete before anything is applied."""
-    try:
-        transport = connection.get()
-        queued = prepare(database_url, settings, transport, full=full, after_crash=after_crash)
-        check_deletes_up_front(database_url, settings, transport, already_deleted=0)
-        return queued
-    except TransportUnavailable:
-        connection.reset()
-        raise
+@flow(name="advance-transfers")
+def advance_transfers(client: str = "deployment", batch_size: int = BATCH,
+                      database_url: str | None = None,
+                      provider_database_url: str | None = None) -> dict[str, int]:
+    """Advance every experiment that is not final and not backing off, once each.
 
-
-@task(cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_connection_lost)
-def apply_sync_batch(database_url: str, settings: MappingSettings,
-                     connection: TargetConnection, action_ids: list[int], claimer: str,
-                     already_deleted: int) -> list[Outcome]:
-    """One claimed batch over the drain's connection; markers flip as the target confirms.
-
-    A retry reloads the batch: what an earlier attempt finished is not repeated.
-    """
-    try:
-        return run_batch(database_url, settings, connection.get(), action_ids,
-                         claimer=claimer, already_deleted=already_deleted)
-    except TransportUnavailable:
-        connection.reset()
-        raise
-
-
-def _artifact_key(mapping: str) -> str:
-    return "sync-" + (re.sub(r"[^a-z0-9-]+", "-", mapping.lower()).strip("-") or "mapping")
-
-
-class RunReport:
-    """What a drain did: counts of everything, the first rows for the table artifact.
-
-    A drain may linger for hours while files keep coming; it keeps counts, not every outcome.
-    """
-
-    NAMES = {"send": "sent", "move": "moved", "delete": "deleted"}
-
-    def __init__(self) -> None:
-        self.counts = {"sent": 0, "moved": 0, "deleted": 0, "skipped": 0, "failed": 0}
-        self.rows: list[dict[str, str]] = []
-        self.first_failure: Outcome | None = None
-
-    @property
-    def applied(self) -> int:
-        return sum(self.counts.values())
-
-    def add(self, outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
-            done = outcome.status == "done"
-            key = self.NAMES.get(outcome.kind, outcome.kind) if done else outcome.status
-            self.counts[key if key in self.counts else "skipped"] += 1
-            if outcome.status == "failed" and self.first_failure is None:
-                self.first_failure = outcome
-            if outcome.status != "skipped" and len(self.rows) < TABLE_ROWS:
-                self.rows.append({"action": key, "path": outcome.path,
-                                  "to": outcome.dest_path or "",
-                                  "detail": "" if done and outcome.kind == "send"
-                                  else (outcome.detail or "")[:200]})
-
-    def artifact(self, mapping: str) -> None:
-        summary = ", ".join(f"{v} {k}" for k, v in self.counts.items())
-        more = f" (first {TABLE_ROWS} rows)" if len(self.rows) >= TABLE_ROWS else ""
-        create_table_artifact(key=_artifact_key(mapping),
-                              table=self.rows or [{"action": "nothing to do"}],
-                              description=f"Sync of {mapping}: {summary}{more}")
-
-
-@flow(name="sync-folder", log_prints=False)
-def sync_folder(mapping: str, full: bool = False, linger: float = 3.0,
-                max_delete: int | None = None, database_url: str | None = None
-                ) -> dict[str, int]:
-    """Mirror a SyncMapping's queued changes to its target, then linger for more.
-
-    Steps: take the mapping's drain lease (a second run steps aside); seed a never-synced
-    mapping and, with `full`, enqueue what differs from the remote listing; drain the queue
-    in claimed batches, one task each, over one connection; keep polling for `linger`
-    seconds of quiet so that a burst of files pays the flow start-up once.
+    `client`: "deployment" (start the provider's `transfer-experiment-files/provider`
+    deployment), another deployment name, or "in-process" (provider and consumer in one).
     """
     with job_slot():
-        logger = get_run_logger()
         url = database_url or get_settings().database_url
-        block = SyncMapping.load(mapping)
-        settings = block.settings(mapping)
-        if max_delete is not None:
-            settings = replace(settings, max_delete=max_delete)
-        owner = claimer_name("sync-")
-        after_crash = queue.drain_left_behind(url, mapping)
-        queue.reclaim_dead_leases(url, mapping)
-        if not queue.acquire_drain(url, mapping, owner, lease=DRAIN_LEASE):
-            logger.info("A drain of %r is running already; it takes the new work.", mapping)
-            return {"stepped_aside": 1}
-        connection = TargetConnection(block.open_transport)
-        report = RunReport()
-        progress = create_progress_artifact(0.0, key=f"{_artifact_key(mapping)}-progress",
-                                            description=f"Sync of {mapping}")
+        claimer = claimer_name("advance-transfers:")
+        totals: dict[str, int] = {}
+        after_id = 0
         try:
-            with Heartbeat(url, mapping, owner, drain_lease=DRAIN_LEASE, every=RENEW_EVERY):
-                queued = prepare_sync(url, settings, connection, full, after_crash)
-                if queued:
-                    logger.info("Queued %d actions (first sync or full compare).", queued)
+            with progress("advance-transfers-progress", "experiments due",
+                          _due_count(url)) as advancing:
                 while True:
-                    _drain(url, settings, connection, owner, linger, report, progress)
-                    # Released before the last look: work the sensor queued meanwhile either
-                    # shows up here, or was queued after the release and woke a new run.
-                    queue.release_drain(url, mapping, owner)
-                    if not (queue.has_due(url, mapping)
-                            and queue.acquire_drain(url, mapping, owner, lease=DRAIN_LEASE)):
+                    with sessions(url)() as session:
+                        ids = claim_due(session, claimer=claimer, limit=batch_size,
+                                        lease=LEASE, now=utcnow(), after_id=after_id)
+                    if not ids:
                         break
+                    after_id = max(ids)
+                    for state, count in advance_batch(url, ids, claimer, client,
+                                                      provider_database_url).items():
+                        totals[state] = totals.get(state, 0) + count
+                    advancing.advance(len(ids))
         finally:
-            connection.close()
-            queue.release_drain(url, mapping, owner)
-            queue.purge_done(url, mapping, older_than=timedelta(days=1))
-            report.artifact(mapping)
-            update_progress_artifact(progress, 100.0)
-        logger.info("Sync of %s: %s", mapping, report.counts)
-        failed = report.first_failure
-        if failed is not None:
-            # Everything else was applied; the failed actions stay marked (see the table).
-            raise SyncActionsFailed(f"{report.counts['failed']} sync action(s) of {mapping!r} "
-                                    f"failed, e.g. {failed.kind} {failed.path!r}: {failed.detail}")
-        return report.counts
+            report_table("advance-transfers", _transfers_title(totals), _transfers_rows(totals))
+        get_run_logger().info("Transfers advanced: %s", totals or "none due")
+        return totals
 
 
-@flow(name="sync-all-folders")
-def sync_all_folders(full: bool = True, database_url: str | None = None) -> dict[str, Any]:
-    """The safety net on an interval: every saved mapping once, by default with a full
-    compare (which repairs events lost to sensor downtime or an inotify overflow)."""
-    results: dict[str, Any] = {}
-    for name in mapping_names():
-        state = sync_folder(name, full=full, linger=0, database_url=database_url,
-                            return_state=True)
-        results[name] = state.result(raise_on_failure=False) if state.is_completed() \
-            else state.message
-    report_table("sync-all-folders", _overview_title(results),
-                 [_mapping_row(name, result) for name, result in results.items()])
-    return results
+def _due_count(url: str) -> int:
+    with sessions(url)() as session:
+        return due_count(session)
 
 
-def _overview_title(results: dict[str, Any]) -> str:
-    failed = sum(1 for result in results.values() if not isinstance(result, dict))
-    return f"Sync of every mapping: {len(results) - failed} synced, {failed} failed"
+def _transfers_title(totals: dict[str, int]) -> str:
+    states = ", ".join(f"{count} {state}" for state, count in sorted(totals.items()))
+    return f"Transfers advanced: {states or 'none due'}"
 
 
-def _mapping_row(name: str, result: Any) -> dict[str, object]:
-    """A mapping's line: what its run applied, or why it failed (its own run has the rest)."""
-    if not isinstance(result, dict):
-        return row(name, 0, failed=1, reasons=[str(result)])
-    if result.get("stepped_aside"):
-        return row(name, 0, skipped=1, note="a drain of it was running already")
-    done = sum(result.get(k, 0) for k in ("sent", "moved", "deleted"))
-    return row(name, done, skipped=result.get("skipped", 0), failed=result.get("failed", 0),
-               note=", ".join(f"{v} {k}" for k, v in result.items()))
+def _transfers_rows(totals: dict[str, int]) -> list[dict[str, object]]:
+    """One row per state the experiments ended this tick in."""
+    return [row(f"now {state}", 0, failed=count, note="no retry can help")
+            if state == StateName.FAIL_PERMANENT else row(f"now {state}", count)
+            for state, count in sorted(totals.items())]
 
 
-def _drain(url: str, settings: MappingSettings, connection: TargetConnection, owner: str,
-           linger: float, report: RunReport, progress: Any) -> None:
-    """Claim and apply batches until nothing has been due for `linger` seconds."""
-    mapping = settings.name
-    idle_since = last_progress = time.monotonic()
-    while True:
-        now = time.monotonic()
-        # A read first: polling with the claim's UPDATE would take the write lock each time.
-        rows = queue.claim_actions(url, mapping, claimer=owner, limit=BATCH, lease=LEASE) \
-            if queue.has_due(url, mapping) else []
-        if rows:
-            ids = [row.id for row in rows]
-            try:
-                report.add(apply_sync_batch(url, settings, connection, ids, owner,
-                                            report.counts["deleted"]))
-            finally:
-                queue.release_actions(url, ids, claimer=owner)  # undone work stays queued
-            idle_since = time.monotonic()
-            if idle_since - last_progress >= 1.0:
-                pending = queue.pending_summary(url, mapping)[0]
-                update_progress_artifact(progress, 100.0 * report.applied
-                                         / max(1, report.applied + pending))
-                last_progress = idle_since
-            continue
-        if now - idle_since >= linger:
-            # A send that settles within the linger period keeps the drain alive for it.
-            waiting = queue.pending_summary(url, mapping)[2]
-            if waiting is None or waiting - utcnow() > timedelta(seconds=linger):
-                return
-        time.sleep(POLL)
+@flow(name="broadcast-experiment")
+def broadcast_experiment(epn: str, to: Literal["all", "owners"] = "all",
+                         database_url: str | None = None) -> list[str]:
+    """Register an experiment at every site (or at its owners' sites); returns the sites."""
+    with job_slot():
+        url = database_url or get_settings().database_url
+        with session_scope(url) as session:
+            synced = register_experiment(session, epn, RecordSiteManager(session),
+                                         broadcast=(to == "all"))
+            names = [s.site for s in synced]
+        report_markdown("broadcast-experiment", f"EPN {epn} registered at {len(names)} site(s)",
+                        f"EPN **{epn}** registered ({to}) at: {', '.join(names) or 'no site'}")
+        get_run_logger().info("EPN %s registered at %s", epn, ", ".join(names) or "no site")
+        return names
+
+
+@flow(name="restart-transfer")
+def restart_transfer(uid: str, site: str | None = None,
+                     database_url: str | None = None) -> list[str]:
+    """Send a failed experiment back to Ingested with its original destination."""
+    with job_slot():
+        url = database_url or get_settings().database_url
+        with session_scope(url) as session:
+            rows = restart_experiment(session, uid, site=site)
+            names = [r.site for r in rows]
+        report_markdown("restart-transfer", f"{uid} restarted at {len(names)} site(s)",
+                        f"**{uid}** back to {StateName.INGESTED} at: "
+                        f"{', '.join(names) or 'no site'}")
+        get_run_logger().info("%s restarted at %s (state %s)", uid, ", ".join(names),
+                              StateName.INGESTED)
+        return names

@@ -118,7 +118,7 @@ def test_send_mail_that_fails_midway_keeps_its_table(sqlite_url: str) -> None:
 
 @pytest.mark.usefixtures("two_sites")
 def test_advance_transfers_reports_progress_and_end_states(sqlite_url: str) -> None:
-    from flows.experiments import advance_transfers, broadcast_experiment
+    from flows.transfer import advance_transfers, broadcast_experiment
 
     url = sqlite_url
     state = broadcast_experiment("555", database_url=url, return_state=True)
@@ -151,7 +151,7 @@ def test_check_license_says_how_long_a_valid_license_lasts() -> None:
 def test_sync_all_folders_lists_each_mapping_synced_or_failed(sqlite_url: str,
                                                               tmp_path: Path) -> None:
     from blocks.local_folder import LocalFolder
-    from flows.transfer import sync_all_folders
+    from flows.sync import sync_all_folders
     from tests.sync_support import write
     from tests.test_sync_flow import save_mapping
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def test_a_run_leaves_its_progress_and_a_table_of_what_it_did(sqlite_url: str,
                                                               tmp_path: Path) -> None:
-    from flows.transfer import sync_folder
+    from flows.sync import sync_folder
 
     local, remote = tmp_path / "local", tmp_path / "remote"
     save_mapping("artifact-sync", local, LocalFolder(path=str(remote)), complete_sync=True)

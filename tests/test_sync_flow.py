@@ -66,7 +66,7 @@ def no_temp_files(root: Path) -> bool:
 
 def test_first_sync_then_send_delete_send_through_the_flow(sqlite_url: str,
                                                            tmp_path: Path) -> None:
-    from flows.transfer import sync_folder
+    from flows.sync import sync_folder
 
     local, remote = tmp_path / "local", tmp_path / "remote"
     save_mapping("flow-local", local, LocalFolder(path=str(remote)), complete_sync=True)
@@ -85,7 +85,7 @@ def test_first_sync_then_send_delete_send_through_the_flow(sqlite_url: str,
 
 def test_a_second_run_steps_aside_while_a_drain_is_alive(sqlite_url: str,
                                                          tmp_path: Path) -> None:
-    from flows.transfer import sync_folder
+    from flows.sync import sync_folder
 
     local, remote = tmp_path / "local", tmp_path / "remote"
     save_mapping("flow-busy", local, LocalFolder(path=str(remote)))
@@ -103,7 +103,7 @@ def test_a_second_run_steps_aside_while_a_drain_is_alive(sqlite_url: str,
 
 def test_moves_and_max_delete_over_sftp(sqlite_url: str, tmp_path: Path, sshd,
                                         sftp_root: Path) -> None:  # type: ignore[no-untyped-def]
-    from flows.transfer import sync_folder
+    from flows.sync import sync_folder
 
     local = tmp_path / "local"
     save_mapping("flow-sftp", local, sftp_block(sshd), remote_base=str(sftp_root),
@@ -136,7 +136,7 @@ def test_complete_sync_off_keeps_remote_files_on_s3(sqlite_url: str, tmp_path: P
     from prefect_aws.client_parameters import AwsClientParameters
     from prefect_aws.s3 import S3Bucket
 
-    from flows.transfer import sync_folder
+    from flows.sync import sync_folder
 
     local = tmp_path / "local"
     credentials = AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing",
@@ -158,7 +158,7 @@ def test_complete_sync_off_keeps_remote_files_on_s3(sqlite_url: str, tmp_path: P
 
 def test_sshd_down_for_20_s_mid_sync_completes_with_nothing_lost(
         sqlite_url: str, tmp_path: Path, sshd, sftp_root: Path) -> None:  # type: ignore[no-untyped-def]
-    from flows.transfer import sync_folder
+    from flows.sync import sync_folder
 
     local = tmp_path / "local"
     block = save_mapping("flow-outage", local, sftp_block(sshd), remote_base=str(sftp_root),
@@ -199,14 +199,14 @@ def test_kill_9_mid_batch_then_a_new_run_leaves_remote_equal_to_local(
         sqlite_url: str, tmp_path: Path, sshd, sftp_root: Path) -> None:  # type: ignore[no-untyped-def]
     from prefect.settings import PREFECT_API_URL
 
-    from flows.transfer import sync_folder
+    from flows.sync import sync_folder
 
     local = tmp_path / "local"
     save_mapping("flow-kill", local, sftp_block(sshd), remote_base=str(sftp_root))
     for i in range(30):
         write(local, f"d{i % 3}/{i}.bin", os.urandom(2 * 1024 * 1024))
     env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()))
-    code = ("from flows.transfer import sync_folder; "
+    code = ("from flows.sync import sync_folder; "
             f"sync_folder('flow-kill', linger=0, database_url={sqlite_url!r})")
     child = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path.cwd(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -254,7 +254,7 @@ def test_start_sensors_watches_saved_mappings_by_name(sqlite_url: str, tmp_path:
 
 def test_a_refused_action_fails_the_run_after_the_rest_is_applied(sqlite_url: str,
                                                                   tmp_path: Path) -> None:
-    from flows.transfer import sync_folder
+    from flows.sync import sync_folder
 
     local, remote = tmp_path / "local", tmp_path / "remote"
     save_mapping("flow-refused", local, LocalFolder(path=str(remote)))
@@ -272,8 +272,8 @@ def test_a_refused_action_fails_the_run_after_the_rest_is_applied(sqlite_url: st
 
 def test_the_safety_net_repairs_what_no_event_reported(sqlite_url: str, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import flows.transfer
-    from flows.transfer import sync_all_folders, sync_folder
+    import flows.sync
+    from flows.sync import sync_all_folders, sync_folder
 
     local, remote = tmp_path / "local", tmp_path / "remote"
     save_mapping("flow-net", local, LocalFolder(path=str(remote)), complete_sync=True)
@@ -283,7 +283,7 @@ def test_the_safety_net_repairs_what_no_event_reported(sqlite_url: str, tmp_path
     (remote / "a").unlink()  # lost remotely, and changed locally with no sensor running
     write(local, "b", "2 changed")
     write(remote, "stray", "s")
-    monkeypatch.setattr(flows.transfer, "mapping_names", lambda: ["flow-net"])
+    monkeypatch.setattr(flows.sync, "mapping_names", lambda: ["flow-net"])
     results = sync_all_folders(database_url=sqlite_url)
     assert results["flow-net"]["sent"] == 2 and results["flow-net"]["deleted"] == 1
     assert tree(remote) == tree(local)

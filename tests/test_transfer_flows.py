@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from blocks.sftp import SftpServer
-from flows.experiments import (
+from flows.transfer import (
     DeploymentTransferClient,
     advance_transfers,
     broadcast_experiment,
@@ -109,7 +109,7 @@ def test_a_provider_that_cannot_ever_transfer_fails_permanently(two_sites: str) 
     url = two_sites
     state = transfer_experiment_files_flow(uid="tardis.404", destination="x", site="uq",
                                            database_url=url, return_state=True)
-    from flows.experiments import run_status
+    from flows.transfer import run_status
 
     status = run_status(state)
     assert status.phase is Phase.FAILED and status.permanent
