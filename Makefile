@@ -5,10 +5,12 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: up test lint system-packages bench clean
 
+# The first install takes a few minutes: say so, and let pip show what it fetches.
 $(STAMP): pyproject.toml
+	@echo "installing opsflow and its dependencies into $(VENV) (a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install --progress-bar off -e '.[test]'
 	touch $(STAMP)
 
 # Debian packages the tests and benchmarks talk to (sshd, rsync, rclone, ...); root only.
