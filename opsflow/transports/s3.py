@@ -203,6 +203,11 @@ class S3Transport:
             self._guard(lambda: self.client.delete_object(Bucket=self.bucket, Key=key),
                         f"deleting {path!r}")
 
+    def delete_files(self, paths: Sequence[str]) -> None:
+        """Remove many files, `delete_batch` keys to a DeleteObjects call."""
+        keys = [self._key(path) for path in paths]
+        self._guard(lambda: self._delete_keys(keys), f"deleting {len(keys)} files")
+
     def move(self, src: str, dst: str) -> None:
         """Copy then delete (S3 has no rename); a folder moves key by key."""
         source, target = self._key(src), self._key(dst)
@@ -236,6 +241,16 @@ class S3Transport:
             if _missing(exc):
                 return None
             raise
+
+    def object_key(self, path: str) -> str:
+        """The bucket key of `path`, for calls the protocol has no word for (a presigned link)."""
+        return self._key(path)
+
+    def metadata(self, path: str) -> dict[str, str] | None:
+        """The object's user metadata (`x-amz-meta-*`) from a HEAD; None when it is missing."""
+        key = self._key(path)
+        head = self._guard(lambda: self._head(key), f"stat of {path!r}")
+        return None if head is None else head.get("Metadata", {})
 
     def stat(self, path: str) -> RemoteEntry | None:
         key = self._key(path)
