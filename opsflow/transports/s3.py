@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, BinaryIO
 
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -27,6 +27,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
+from s3transfer.manager import TransferManager
 
 from opsflow.transports.base import (
     MissingSource,
@@ -113,12 +114,14 @@ class S3Transport:
     def send(self, uploads: Sequence[Upload]) -> Iterator[SendResult]:
         """Uploads run on a few threads (boto3 clients are thread-safe); results as they end."""
         todo = iter(uploads)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="s3-send") as pool:
+        # one managed transfer for the batch: its threads and clients serve every upload
+        with (create_transfer_manager(self.client, self._transfer_config()) as manager,
+              ThreadPoolExecutor(self.workers, thread_name_prefix="s3-send") as pool):
             running: set[Future[SendResult]] = set()
             try:
                 while True:
                     for upload in todo:
-                        running.add(pool.submit(self._send_one, upload))
+                        running.add(pool.submit(self._send_one, manager, upload))
                         if len(running) >= self.workers * 2:
                             break
                     if not running:
@@ -133,16 +136,14 @@ class S3Transport:
     def _transfer_config(self) -> TransferConfig:
         """boto3's managed transfer: multipart above the threshold, parts aborted on failure.
 
-        Each send thread runs its own transfer, so a few parts in flight per file are enough;
-        the in-memory limit keeps eight big files at once within a few hundred MiB.
+        Its request threads are shared by the batch's uploads; parts wait in memory for them
+        (ten at the most, boto3's default).
         """
-        config = TransferConfig(multipart_threshold=self.multipart_threshold,
-                                multipart_chunksize=self.part_size, max_concurrency=2,
-                                preferred_transfer_client="classic")
-        config.max_in_memory_upload_chunks = 2
-        return config
+        return TransferConfig(multipart_threshold=self.multipart_threshold,
+                              multipart_chunksize=self.part_size, max_concurrency=self.workers,
+                              preferred_transfer_client="classic")
 
-    def _send_one(self, upload: Upload) -> SendResult:
+    def _send_one(self, manager: TransferManager, upload: Upload) -> SendResult:
         try:
             key = self._key(upload.path)
         except PathRefused as exc:
@@ -154,9 +155,8 @@ class S3Transport:
             digest = file_sha256(upload.local)
             with open(upload.local, "rb") as source:
                 sent = _HashingReader(source)
-                self.client.upload_fileobj(
-                    sent, self.bucket, key, Config=self._transfer_config(),
-                    ExtraArgs={"Metadata": self._metadata(upload, digest)})
+                manager.upload(sent, self.bucket, key, extra_args={
+                    "Metadata": self._metadata(upload, digest)}).result()
             if sent.digest.hexdigest() != digest:
                 self.client.delete_object(Bucket=self.bucket, Key=key)
                 return SendResult(upload, ok=False,
