@@ -153,8 +153,8 @@ def refusal(settings: SftpSettings, pinned: list[tuple[str, str]]) -> HostKeyRef
 def walk_remote(wire: w.Wire, top: str) -> Iterator[tuple[str, str, w.Attrs]]:
     """Every entry below `top` as (path, name, attrs), each folder before what it holds.
 
-    The one tree walk of this transport (listing, deleting a folder, sweeping); names come
-    sorted so that a listing is stable. A symlink is an entry, never followed.
+    The tree walk of this transport (listing, deleting a folder); names come sorted so that a
+    listing is stable. A symlink is an entry, never followed.
     """
     folders = [top]
     while folders:
