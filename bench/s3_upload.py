@@ -8,12 +8,15 @@ Each tool copies into a fresh prefix, the copy is checked (key count and sizes),
 Figures: files/s for small files, MB/s (10^6 bytes) for large files, and opsflow's ratio to
 rclone's; the tools take turns for `--rounds` rounds and each figure is the median. moto is a
 Python server, so both figures are mostly moto's: read the ratio, not the absolute numbers.
+The client's own CPU time per small file (this process for opsflow, the child for rclone) is
+printed too: it is what the tool costs where the server is not the bottleneck.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -81,6 +84,13 @@ class Bench:
         shutil.rmtree(listing.parent)
 
 
+def cpu_seconds() -> float:
+    """User and system CPU of this process and its finished children (rclone)."""
+    own, children = (resource.getrusage(resource.RUSAGE_SELF),
+                     resource.getrusage(resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=1000)
@@ -109,6 +119,7 @@ def main() -> None:
         large_bytes = sum(p.stat().st_size for p in large_files)
         rates: dict[str, list[float]] = {name: [] for name in tools}
         speeds: dict[str, list[float]] = {name: [] for name in tools}
+        cpu_ms: dict[str, list[float]] = {name: [] for name in tools}
         for round_number in range(1, args.rounds + 1):
             print(f"round {round_number} of {args.rounds}", flush=True)
             for name, run in tools.items():
@@ -117,7 +128,10 @@ def main() -> None:
                     if not files:
                         continue
                     prefix = f"{name}-{kind}"
+                    cpu_before = cpu_seconds()
                     seconds = timed(lambda r=run, f=files, k=kind, p=prefix: r(data / k, f, p))
+                    if kind == "small":
+                        cpu_ms[name].append(1000 * (cpu_seconds() - cpu_before) / len(files))
                     bench.check_and_clear(prefix, data / kind, files)
                     figure = (len(files) if kind == "small" else large_bytes / 1e6) / seconds
                     figures[name].append(figure)
@@ -128,7 +142,8 @@ def main() -> None:
         for name in tools:
             line = f"  {name:8}"
             if rates[name]:
-                line += f" small {statistics.median(rates[name]):8,.1f} files/s"
+                line += (f" small {statistics.median(rates[name]):8,.1f} files/s "
+                         f"({statistics.median(cpu_ms[name]):.2f} ms CPU a file)")
             if speeds[name]:
                 line += f"   large {statistics.median(speeds[name]):8,.1f} MB/s"
             print(line)
