@@ -14,6 +14,7 @@ from prefect.blocks.core import Block
 from prefect_aws import S3Bucket
 from pydantic import Field, model_validator
 
+from blocks import DOCUMENTATION_URL
 from opsflow.booklet.options import FIXED_TEXTS, BookletOptions, BookletOptionsError
 from opsflow.booklet.results import LocalResultsArea, ResultsArea, S3ResultsArea
 from opsflow.settings import get_settings
@@ -24,6 +25,7 @@ class BookletConfig(Block):
 
     _block_type_name = "opsflow booklet config"
     _block_type_slug = "opsflow-booklet-config"
+    _documentation_url = DOCUMENTATION_URL
     _description = ("Per-event settings of the abstract booklet: title, heading templates, "
                     "language of the fixed texts, custom fields to include.")
 
@@ -63,6 +65,7 @@ class BookletResults(Block):
 
     _block_type_name = "opsflow booklet results"
     _block_type_slug = "opsflow-booklet-results"
+    _documentation_url = DOCUMENTATION_URL
     _description = ("The results area of abstract booklets: a local folder or an S3 bucket; "
                     "each result lives under an unguessable name until it expires.")
 

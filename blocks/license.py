@@ -11,6 +11,7 @@ from datetime import date
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
+from blocks import DOCUMENTATION_URL
 from opsflow.license import LicenseTerms
 
 
@@ -19,6 +20,7 @@ class License(Block):
 
     _block_type_name = "opsflow license"
     _block_type_slug = "opsflow-license"
+    _documentation_url = DOCUMENTATION_URL
     _description = "The opsflow license: checked daily; OPS is warned before it expires."
 
     holder: str = Field(description="Who the license is issued to.")

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
+from blocks import DOCUMENTATION_URL
 from opsflow.transports.base import remote_join
 from opsflow.transports.local import LocalTransport
 
@@ -16,6 +17,7 @@ class LocalFolder(Block):
 
     _block_type_name = "opsflow local folder"
     _block_type_slug = "opsflow-local-folder"
+    _documentation_url = DOCUMENTATION_URL
     _description = "A folder on the machine that runs the flow: a sync source or target."
 
     path: str = Field(description="Absolute path of the folder.")

@@ -13,6 +13,7 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from blocks import DOCUMENTATION_URL
 from opsflow.transports.sftp import SftpSettings, SftpTransport, pinned_keys
 
 
@@ -21,11 +22,12 @@ class SftpServer(Block):
 
     _block_type_name = "opsflow SFTP server"
     _block_type_slug = "opsflow-sftp-server"
+    _documentation_url = DOCUMENTATION_URL
     _description = ("An SFTP server that opsflow syncs folders to, with its pinned host key. "
                     "Fast path: OpenSSH's ssh with pipelined SFTP requests.")
 
     host: str = Field(description="Host name or address of the server.")
-    port: int = Field(default=22, ge=1, le=65535)
+    port: int = Field(default=22, ge=1, le=65535, description="SSH port of the server.")
     username: str = Field(description="Login name.")
     private_key: SecretStr | None = Field(
         default=None, description="Private key text (OpenSSH or PEM format).")

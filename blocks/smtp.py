@@ -12,6 +12,7 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
+from blocks import DOCUMENTATION_URL
 from opsflow.delivery.smtp import MailSender, SmtpConfig, open_connection
 
 
@@ -20,6 +21,7 @@ class SmtpServer(Block):
 
     _block_type_name = "opsflow SMTP server"
     _block_type_slug = "opsflow-smtp-server"
+    _documentation_url = DOCUMENTATION_URL
     _description = "The SMTP server that opsflow's delivery flows send mail through."
 
     host: str = Field(default="localhost", description="Host name or address of the server.")

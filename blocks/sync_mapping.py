@@ -15,6 +15,7 @@ from prefect.blocks.core import Block
 from prefect_aws.s3 import S3Bucket
 from pydantic import Field, field_validator
 
+from blocks import DOCUMENTATION_URL
 from blocks.local_folder import LocalFolder
 from blocks.sftp import SftpServer
 from blocks.targets import open_transport
@@ -30,6 +31,7 @@ class SyncMapping(Block):
 
     _block_type_name = "opsflow sync mapping"
     _block_type_slug = "opsflow-sync-mapping"
+    _documentation_url = DOCUMENTATION_URL
     _description = ("A local folder watched by the folder sensor and mirrored by the "
                     "sync_folder flow to an SFTP server, an S3 bucket or another folder.")
 

@@ -18,10 +18,10 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import Date, Integer, String, Text, UniqueConstraint, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from opsflow.delivery.outbox import enqueue
+from opsflow.dialect import insert_for
 from opsflow.store import Base, BigId, UTCDateTime, utcnow
 
 DEFAULT_WARNING_DAYS = (30, 14, 7, 1)
@@ -148,8 +148,7 @@ def record_warning(session: Session, terms: LicenseTerms, assessment: Assessment
         "message": assessment.summary(terms),
         "warned_at": now or utcnow(),
     }
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = (dialect.insert(LicenseWarning).values(**values)
+    statement = (insert_for(session, LicenseWarning).values(**values)
                  .on_conflict_do_nothing(index_elements=["holder", "expires_on", "step_days"])
                  .returning(LicenseWarning.id))
     new_id = session.scalar(statement)

@@ -388,6 +388,54 @@ def test_s3_multipart_upload_of_a_big_file(s3_target: Target, s3: S3Endpoint, s3
     assert not s3.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
 
 
+def test_s3_multipart_object_carries_its_sha256_and_sha256_is_one_head(
+        s3_target: Target, s3: S3Endpoint, s3_bucket: str, tmp_path: Path) -> None:
+    transport = s3_target.transport
+    assert isinstance(transport, S3Transport)
+    transport.multipart_threshold = transport.part_size = 5 * 1024 * 1024
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(1024) * (6 * 1024))  # 6 MiB: two parts
+    small = tmp_path / "small"
+    small.write_bytes(b"small file")
+    results = send_all(transport, [Upload(big, "big"), Upload(small, "small")])
+    assert all(r.ok for r in results), results
+    for name, path in (("big", big), ("small", small)):
+        head = s3.client().head_object(Bucket=s3_bucket, Key=f"folder/sync base/{name}")
+        assert head["Metadata"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert head["ETag"].count("-") == 0  # the small one in one PUT
+
+    calls: list[str] = []
+    transport.client.meta.events.register(
+        "before-call.s3.*", lambda model, **_: calls.append(model.name))
+    assert transport.sha256("big") == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert transport.sha256("missing") is None
+    assert calls == ["HeadObject", "HeadObject"]  # no GetObject: the body is not read back
+
+
+def test_s3_file_changed_between_hash_and_send_is_not_left_under_a_wrong_sha256(
+        s3_target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import opsflow.transports.s3 as s3_module
+
+    path = tmp_path / "moving"
+    path.write_bytes(b"first")
+
+    def hash_then_rewrite(local: Path) -> str:  # a writer slips in between the two reads
+        digest = hashlib.sha256(Path(local).read_bytes()).hexdigest()
+        Path(local).write_bytes(b"second")
+        return digest
+
+    monkeypatch.setattr(s3_module, "file_sha256", hash_then_rewrite)
+    [result] = list(s3_target.transport.send([Upload(path, "moving")]))
+    assert not result.ok and "changed while it was sent" in (result.error or "")
+    assert s3_target.transport.stat("moving") is None
+
+
+def test_s3_sha256_of_a_foreign_object_reads_it_back(s3_target: Target, s3: S3Endpoint,
+                                                     s3_bucket: str) -> None:
+    s3.client().put_object(Bucket=s3_bucket, Key="folder/sync base/theirs", Body=b"not ours")
+    assert s3_target.transport.sha256("theirs") == hashlib.sha256(b"not ours").hexdigest()
+
+
 def test_s3_stat_of_a_prefix_is_a_folder(s3_target: Target, tmp_path: Path) -> None:
     source = tmp_path / "s"
     source.mkdir()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
@@ -29,6 +29,8 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+
+from opsflow.timezones import zone
 
 
 class BookletInputError(ValueError):
@@ -75,13 +77,6 @@ def parse_indico_date(value: Any) -> datetime | None:
     if raw_tz:
         moment = moment.replace(tzinfo=zone(str(raw_tz)))
     return moment
-
-
-def zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}") from None
 
 
 Text = Annotated[str | None, BeforeValidator(_blank_as_none), BeforeValidator(_as_text)]

@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from opsflow.transports.s3 import S3Transport
+
 DEFAULT_EXPIRY = timedelta(hours=24)
 EXPIRES_FILE = ".expires"
 EXPIRES_KEY = "expires-at"  # S3 user metadata
@@ -129,59 +131,47 @@ class LocalResultsArea:
 
 
 class S3ResultsArea:
-    """Results in an S3 bucket under `prefix/<token>/<filename>`, the expiry in metadata."""
+    """Results in an S3 bucket under `prefix/<token>/<filename>`, the expiry in metadata.
+
+    Listing, stat and batch deletes are the S3 transport's; only the upload (content type,
+    download name, HTTP expiry) and the presigned link are S3 calls of this area's own.
+    """
 
     def __init__(self, client: Any, bucket: str, prefix: str = "booklets") -> None:
-        self.client = client
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
+        self.transport = S3Transport(client, bucket, prefix)
 
     def put(self, filename: str, data: bytes, expires_in: timedelta = DEFAULT_EXPIRY,
             now: datetime | None = None) -> StoredResult:
         _check_expiry(expires_in)
         name = f"{new_token()}/{filename}"
         expires_at = _now(now) + expires_in
-        self.client.put_object(
-            Bucket=self.bucket, Key=self._key(name), Body=data, Expires=expires_at,
+        transport = self.transport
+        key = transport.object_key(name)
+        transport.client.put_object(
+            Bucket=transport.bucket, Key=key, Body=data, Expires=expires_at,
             ContentType="application/vnd.oasis.opendocument.text",
             ContentDisposition=f'attachment; filename="{filename}"',
             Metadata={EXPIRES_KEY: expires_at.isoformat()})
-        link = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(name)},
+        link = transport.client.generate_presigned_url(
+            "get_object", Params={"Bucket": transport.bucket, "Key": key},
             ExpiresIn=int(min(expires_in, MAX_PRESIGN).total_seconds()))
         return StoredResult(name=name, location=link, expires_at=expires_at, size=len(data))
 
     def exists(self, name: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(name))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
+        entry = self.transport.stat(name)
+        return entry is not None and not entry.is_dir
 
     def sweep(self, now: datetime | None = None) -> list[str]:
         """Delete every result whose metadata expiry has passed; returns their names."""
         moment = _now(now)
         expired = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        prefix = self.prefix + "/" if self.prefix else ""
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                head = self.client.head_object(Bucket=self.bucket, Key=item["Key"])
-                raw = head.get("Metadata", {}).get(EXPIRES_KEY)
-                try:
-                    expires_at = datetime.fromisoformat(raw) if raw else None
-                except ValueError:
-                    expires_at = None
-                if expires_at is not None and expires_at <= moment:
-                    expired.append(item["Key"])
-        for start in range(0, len(expired), 1000):  # delete_objects takes 1,000 keys at most
-            self.client.delete_objects(Bucket=self.bucket, Delete={
-                "Objects": [{"Key": key} for key in expired[start:start + 1000]], "Quiet": True})
-        return [key.removeprefix(prefix) for key in expired]
+        for entry in self.transport.listing():
+            raw = (self.transport.metadata(entry.path) or {}).get(EXPIRES_KEY)
+            try:
+                expires_at = datetime.fromisoformat(raw) if raw else None
+            except ValueError:
+                expires_at = None
+            if expires_at is not None and expires_at <= moment:
+                expired.append(entry.path)
+        self.transport.delete_files(expired)
+        return expired

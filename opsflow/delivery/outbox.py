@@ -28,7 +28,6 @@ from email.quoprimime import body_encode
 from email.utils import format_datetime
 
 from sqlalchemy import Engine, and_, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch, renew
@@ -36,6 +35,7 @@ from opsflow.delivery.backoff import capped_backoff
 from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
 from opsflow.delivery.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.delivery.texts import digest_subject
+from opsflow.dialect import insert_for
 from opsflow.store import utcnow
 
 MAILS = OutgoingMail.__table__
@@ -81,8 +81,7 @@ def message_id(key: str, domain: str) -> str:
 
 
 def _insert(session: Session):  # type: ignore[no-untyped-def]
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(MAILS)
+    return insert_for(session, MAILS)
 
 
 def enqueue(session: Session, mails: Sequence[Mapping[str, object]]) -> int:

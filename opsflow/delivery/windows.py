@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from opsflow.timezones import BadTimeZone, zone
 
-class BadTimeZone(ValueError):
-    pass
+__all__ = ["BadTimeZone", "Window", "is_open", "next_opening", "zone"]
 
 
 @dataclass(frozen=True)
@@ -17,14 +16,6 @@ class Window:
     weekday: int  # 0 = Monday, as datetime.weekday()
     starts: time
     ends: time  # before `starts`: the window runs past midnight into the next day
-
-
-def zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise BadTimeZone(f"unknown time zone {name!r} (want an IANA name such as "
-                          f"'Europe/Berlin')") from None
 
 
 def is_open(windows: Iterable[Window], time_zone: str, now: datetime) -> bool:

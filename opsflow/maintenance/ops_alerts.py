@@ -21,7 +21,7 @@ from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from opsflow.delivery.outbox import enqueue
-from opsflow.maintenance.dialect import insert_for
+from opsflow.dialect import insert_for
 from opsflow.maintenance.records import ReportedProblem
 
 PROBLEMS = ReportedProblem.__table__

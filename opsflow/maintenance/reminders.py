@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from opsflow.delivery.outbox import enqueue
 from opsflow.delivery.records import Receiver, ReceiverTip, Submission
-from opsflow.maintenance.dialect import insert_for
+from opsflow.dialect import insert_for
 from opsflow.maintenance.records import ExpiryReminder
 
 DAY = timedelta(days=1)

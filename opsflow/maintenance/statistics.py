@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from opsflow.delivery.records import MailStatus, OutgoingMail, ReceiverTip, Submission
-from opsflow.maintenance.dialect import insert_for
+from opsflow.dialect import insert_for
 from opsflow.maintenance.records import StatisticsRow
 from opsflow.sync.actions import ActionStatus, SyncAction
 from opsflow.transfer.records import TransferTransition

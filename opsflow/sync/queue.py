@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
+from opsflow.dialect import insert_for
 from opsflow.store import session_scope, sessions, utcnow
 from opsflow.sync.actions import ActionKind, ActionStatus, SyncAction, SyncState
 from opsflow.sync.coalesce import Coalescer, Entry, Intent
@@ -281,9 +281,7 @@ def _state(session: Session, mapping: str) -> SyncState:
     """The state row of `mapping`, created if missing (racing creators are fine)."""
     state = session.get(SyncState, mapping)
     if state is None:
-        dialect = session.get_bind().dialect.name
-        module = postgresql if dialect == "postgresql" else sqlite
-        session.execute(module.insert(SyncState).values(mapping=mapping)
+        session.execute(insert_for(session, SyncState).values(mapping=mapping)
                         .on_conflict_do_nothing(index_elements=["mapping"]))
         state = session.get(SyncState, mapping)
     assert state is not None

@@ -109,7 +109,8 @@ class Transport(Protocol):
         ...
 
     def sha256(self, path: str) -> str | None:
-        """The sha256 of the remote file, reading it back; None when it is missing."""
+        """The sha256 of the remote file, read back (S3: as hashed from the bytes sent and kept
+        in the object's metadata); None when it is missing."""
         ...
 
     def close(self) -> None:

@@ -1,9 +1,10 @@
 """S3 (or any S3-compatible store) as a target, through a boto3 client.
 
 A PUT is atomic (a reader sees the old object or the new one, never half), so the temporary
-name rule does not apply; files above `MULTIPART_THRESHOLD` go up in parts, and a failed
-multipart upload is aborted so no parts linger. The file's mtime and sha256 travel as object
-metadata (`x-amz-meta-mtime`, `x-amz-meta-sha256`). S3 has no folders: a folder is the keys
+name rule does not apply. Uploads go through boto3's managed transfer: files from
+`MULTIPART_THRESHOLD` up go in parts, and a failed multipart upload is aborted so no parts
+linger. The file's mtime and sha256 travel as object metadata (`x-amz-meta-mtime`,
+`x-amz-meta-sha256`) for every size, so `sha256()` is one HEAD. S3 has no folders: a folder is the keys
 under `prefix/`, and deleting one removes exactly those (never `prefix-neighbour`).
 
 `listing()` reports `mtime=None`: a listing carries only the upload time, not the file's
@@ -15,8 +16,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, BinaryIO
 
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -25,6 +27,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
+from s3transfer.manager import TransferManager
 
 from opsflow.transports.base import (
     MissingSource,
@@ -36,12 +39,36 @@ from opsflow.transports.base import (
     Upload,
     remote_join,
 )
+from opsflow.transports.local import file_sha256
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 UNREACHABLE = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
                ReadTimeoutError)
+
+
+class _HashingReader:
+    """A local file as boto3 reads it, hashing every byte it takes.
+
+    Not seekable on purpose: boto3 then reads each byte once, front to back (buffering parts in
+    memory for its retries), so the digest is exactly of the bytes that went out.
+    """
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source = source
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, amount: int = -1) -> bytes:
+        data = self.source.read(amount)
+        self.digest.update(data)
+        return data
 
 
 def _missing(exc: ClientError) -> bool:
@@ -87,12 +114,14 @@ class S3Transport:
     def send(self, uploads: Sequence[Upload]) -> Iterator[SendResult]:
         """Uploads run on a few threads (boto3 clients are thread-safe); results as they end."""
         todo = iter(uploads)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="s3-send") as pool:
+        # one managed transfer for the batch: its threads and clients serve every upload
+        with (create_transfer_manager(self.client, self._transfer_config()) as manager,
+              ThreadPoolExecutor(self.workers, thread_name_prefix="s3-send") as pool):
             running: set[Future[SendResult]] = set()
             try:
                 while True:
                     for upload in todo:
-                        running.add(pool.submit(self._send_one, upload))
+                        running.add(pool.submit(self._send_one, manager, upload))
                         if len(running) >= self.workers * 2:
                             break
                     if not running:
@@ -104,20 +133,34 @@ class S3Transport:
                 for future in running:
                     future.cancel()
 
-    def _send_one(self, upload: Upload) -> SendResult:
+    def _transfer_config(self) -> TransferConfig:
+        """boto3's managed transfer: multipart above the threshold, parts aborted on failure.
+
+        Its request threads are shared by the batch's uploads; parts wait in memory for them
+        (ten at the most, boto3's default).
+        """
+        return TransferConfig(multipart_threshold=self.multipart_threshold,
+                              multipart_chunksize=self.part_size, max_concurrency=self.workers,
+                              preferred_transfer_client="classic")
+
+    def _send_one(self, manager: TransferManager, upload: Upload) -> SendResult:
         try:
             key = self._key(upload.path)
         except PathRefused as exc:
             return SendResult(upload, ok=False, error=f"refused: {exc}")
         try:
-            size = upload.local.stat().st_size
-            if size <= self.multipart_threshold:
-                data = upload.local.read_bytes()
-                digest = hashlib.sha256(data).hexdigest()
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                       Metadata=self._metadata(upload, digest))
-            else:
-                digest = self._multipart(upload, key)
+            # The metadata goes out before the first byte, so the hash is taken first; the
+            # bytes sent are hashed again as they stream, and a file that changed in between
+            # is not left behind under a sha256 it does not have.
+            digest = file_sha256(upload.local)
+            with open(upload.local, "rb") as source:
+                sent = _HashingReader(source)
+                manager.upload(sent, self.bucket, key, extra_args={
+                    "Metadata": self._metadata(upload, digest)}).result()
+            if sent.digest.hexdigest() != digest:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+                return SendResult(upload, ok=False,
+                                  error=f"{upload.local} changed while it was sent")
         except UNREACHABLE as exc:
             raise TransportUnavailable(f"S3 endpoint unreachable: {exc}") from exc
         except OSError as exc:
@@ -127,45 +170,11 @@ class S3Transport:
         return SendResult(upload, ok=True, sha256=digest)
 
     @staticmethod
-    def _metadata(upload: Upload, digest: str | None) -> dict[str, str]:
-        metadata = {}
+    def _metadata(upload: Upload, digest: str) -> dict[str, str]:
+        metadata = {"sha256": digest}
         if upload.mtime is not None:
             metadata["mtime"] = repr(float(upload.mtime))
-        if digest is not None:
-            metadata["sha256"] = digest
         return metadata
-
-    def _multipart(self, upload: Upload, key: str) -> str:
-        """Parts of `part_size`, hashed as they are read; aborted on any failure.
-
-        The whole-file sha256 is only known at the end, so it is not in the metadata here.
-        """
-        digest = hashlib.sha256()
-        started = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=key, Metadata=self._metadata(upload, None))
-        upload_id = started["UploadId"]
-        try:
-            parts = []
-            with open(upload.local, "rb") as source:
-                number = 1
-                while chunk := source.read(self.part_size):
-                    digest.update(chunk)
-                    reply = self.client.upload_part(Bucket=self.bucket, Key=key,
-                                                     UploadId=upload_id, PartNumber=number,
-                                                     Body=chunk)
-                    parts.append({"PartNumber": number, "ETag": reply["ETag"]})
-                    number += 1
-            self.client.complete_multipart_upload(Bucket=self.bucket, Key=key,
-                                                  UploadId=upload_id,
-                                                  MultipartUpload={"Parts": parts})
-        except BaseException:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
-                                                   UploadId=upload_id)
-            except Exception:  # noqa: BLE001, S110 - the first failure is the one to report
-                pass
-            raise
-        return digest.hexdigest()
 
     # --- folders are prefixes ------------------------------------------------------------
 
@@ -193,6 +202,11 @@ class S3Transport:
         else:
             self._guard(lambda: self.client.delete_object(Bucket=self.bucket, Key=key),
                         f"deleting {path!r}")
+
+    def delete_files(self, paths: Sequence[str]) -> None:
+        """Remove many files, `delete_batch` keys to a DeleteObjects call."""
+        keys = [self._key(path) for path in paths]
+        self._guard(lambda: self._delete_keys(keys), f"deleting {len(keys)} files")
 
     def move(self, src: str, dst: str) -> None:
         """Copy then delete (S3 has no rename); a folder moves key by key."""
@@ -228,6 +242,16 @@ class S3Transport:
                 return None
             raise
 
+    def object_key(self, path: str) -> str:
+        """The bucket key of `path`, for calls the protocol has no word for (a presigned link)."""
+        return self._key(path)
+
+    def metadata(self, path: str) -> dict[str, str] | None:
+        """The object's user metadata (`x-amz-meta-*`) from a HEAD; None when it is missing."""
+        key = self._key(path)
+        head = self._guard(lambda: self._head(key), f"stat of {path!r}")
+        return None if head is None else head.get("Metadata", {})
+
     def stat(self, path: str) -> RemoteEntry | None:
         key = self._key(path)
 
@@ -256,15 +280,18 @@ class S3Transport:
         yield from self._guard(run, "listing")
 
     def sha256(self, path: str) -> str | None:
+        """The sha256 that `send` hashed from the bytes it sent, from the object's metadata
+        (a HEAD); an object without it (written by another tool) is read back."""
         key = self._key(path)
 
         def run() -> str | None:
-            try:
-                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            except ClientError as exc:
-                if _missing(exc) or exc.response["Error"]["Code"] == "NoSuchKey":
-                    return None
-                raise
+            head = self._head(key)
+            if head is None:
+                return None
+            recorded = head.get("Metadata", {}).get("sha256")
+            if recorded:
+                return recorded
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             digest = hashlib.sha256()
             for chunk in body.iter_chunks(1024 * 1024):
                 digest.update(chunk)

@@ -128,17 +128,42 @@ def server_key(host: str, port: int, timeout: float) -> tuple[str, str]:
             transport.close()
 
 
-def refusal(settings: SftpSettings, pinned: list[tuple[str, str]]) -> HostKeyRefused:
-    try:
-        offered = fingerprint(*server_key(settings.host, settings.port,
-                                          settings.connect_timeout))
-    except Exception as exc:  # noqa: BLE001 - the refusal matters more than the detail
-        offered = f"(could not read it again: {exc})"
+def host_key_refused(settings: SftpSettings, offered: str,
+                     pinned: list[tuple[str, str]]) -> HostKeyRefused:
+    """The one refusal both engines give: what the server offers against what is pinned."""
     expected = ", ".join(fingerprint(*key) for key in pinned) or "none"
     return HostKeyRefused(
         f"host key of {settings.address} refused: the server offers {offered}, "
         f"the pinned key is {expected}. If the server's key really changed, update the "
         f"block's host key; it is never accepted automatically.")
+
+
+def refusal(settings: SftpSettings, pinned: list[tuple[str, str]]) -> HostKeyRefused:
+    """The refusal after `ssh` said no: the offered key is read again to name it."""
+    try:
+        offered = fingerprint(*server_key(settings.host, settings.port,
+                                          settings.connect_timeout))
+    except Exception as exc:  # noqa: BLE001 - the refusal matters more than the detail
+        offered = f"(could not read it again: {exc})"
+    return host_key_refused(settings, offered, pinned)
+
+
+# --- remote folders --------------------------------------------------------------------------
+
+def walk_remote(wire: w.Wire, top: str) -> Iterator[tuple[str, str, w.Attrs]]:
+    """Every entry below `top` as (path, name, attrs), each folder before what it holds.
+
+    The tree walk of this transport (listing, deleting a folder); names come sorted so that a
+    listing is stable. A symlink is an entry, never followed.
+    """
+    folders = [top]
+    while folders:
+        folder = folders.pop()
+        for name, attrs in sorted(wire.listdir(folder)):
+            full = name if folder == "." else posixpath.join(folder, name)
+            if attrs.is_dir:
+                folders.append(full)
+            yield full, name, attrs
 
 
 # --- links -----------------------------------------------------------------------------------
@@ -214,11 +239,8 @@ def open_paramiko(settings: SftpSettings, pinned: list[tuple[str, str]]) -> w.Li
         transport.start_client(timeout=settings.connect_timeout)
         key = transport.get_remote_server_key()
         if (key.get_name(), key.get_base64()) not in pinned:
-            expected = ", ".join(fingerprint(*k) for k in pinned) or "none"
-            raise HostKeyRefused(
-                f"host key of {settings.address} refused: the server offers "
-                f"{fingerprint(key.get_name(), key.get_base64())}, the pinned key is "
-                f"{expected}. It is never accepted automatically.")
+            raise host_key_refused(settings, fingerprint(key.get_name(), key.get_base64()),
+                                   pinned)
         if settings.private_key:
             pkey = load_private_key(settings.private_key, settings.passphrase)
             with contextlib.suppress(paramiko.AuthenticationException):
@@ -619,14 +641,9 @@ class SftpTransport:
         self._call(run)
 
     def _remove_tree(self, wire: w.Wire, top: str) -> None:
-        folders = [top]
-        files: list[str] = []
-        index = 0
-        while index < len(folders):
-            for name, attrs in wire.listdir(folders[index]):
-                full = posixpath.join(folders[index], name)
-                (folders if attrs.is_dir else files).append(full)
-            index += 1
+        entries = list(walk_remote(wire, top))
+        files = [full for full, _, attrs in entries if not attrs.is_dir]
+        folders = [top] + [full for full, _, attrs in entries if attrs.is_dir]
         for reply in w.wait_all(wire, [wire.request(w.REMOVE, w.pack_string(w.encode_path(f)))
                                        for f in files]):
             if w.Wire.status_of(reply) not in (w.FX_OK, w.FX_NO_SUCH_FILE):
@@ -684,18 +701,12 @@ class SftpTransport:
             if wire.stat(top) is None:
                 return []
             found: list[RemoteEntry] = []
-            folders = [top]
-            while folders:
-                folder = folders.pop()
-                for name, attrs in sorted(wire.listdir(folder)):
-                    full = name if folder == "." else posixpath.join(folder, name)
-                    if attrs.is_dir:
-                        folders.append(full)
-                    elif not name.startswith(TEMP_PREFIX):
-                        rel = full[len(strip):] if strip and full.startswith(strip) else full
-                        found.append(RemoteEntry(rel, attrs.size or 0,
-                                                 None if attrs.mtime is None
-                                                 else float(attrs.mtime)))
+            for full, name, attrs in walk_remote(wire, top):
+                if not attrs.is_dir and not name.startswith(TEMP_PREFIX):
+                    rel = full[len(strip):] if strip and full.startswith(strip) else full
+                    found.append(RemoteEntry(rel, attrs.size or 0,
+                                             None if attrs.mtime is None
+                                             else float(attrs.mtime)))
             return found
 
         yield from self._call(walk)

@@ -9,10 +9,11 @@ happens, and every other date on the PM moves by the same amount.
 
 from __future__ import annotations
 
-import calendar
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from dateutil.relativedelta import relativedelta
 
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -30,11 +31,9 @@ class ScheduleError(ValueError):
 
 
 def add_months(moment: datetime, months: int) -> datetime:
-    """`moment` plus whole months, the day clamped to the month's end (31 Jan + 1 = 28/29 Feb)."""
-    index = moment.month - 1 + months
-    year, month = moment.year + index // 12, index % 12 + 1
-    day = min(moment.day, calendar.monthrange(year, month)[1])
-    return moment.replace(year=year, month=month, day=day)
+    """`moment` plus whole months, the day clamped to the month's end (31 Jan + 1 = 28/29 Feb):
+    `relativedelta`'s own rule."""
+    return moment + relativedelta(months=months)
 
 
 def parse_weekdays(text: str | None) -> frozenset[int]:

@@ -17,10 +17,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
+from opsflow.dialect import insert_for
 from opsflow.store import utcnow
 from opsflow.workorders.dates import RepeatRule, ScheduleError
 from opsflow.workorders.records import (
@@ -106,8 +106,7 @@ def claim_due(session: Session, *, claimer: str, limit: int = DEFAULT_BATCH,
 
 
 def _insert_ignoring_duplicates(session: Session) -> Any:
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return (dialect.insert(ServiceWorkOrder)
+    return (insert_for(session, ServiceWorkOrder)
             .on_conflict_do_nothing(index_elements=["pm_id", "occurrence_at"])
             .returning(ServiceWorkOrder.id, ServiceWorkOrder.pm_id))
 
