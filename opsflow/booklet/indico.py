@@ -13,6 +13,7 @@ event's `contributions` and names its session by title; `event_sessions` groups 
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,11 +46,32 @@ def _blank_as_none(value: Any) -> Any:
     return value
 
 
+# XML 1.0 cannot carry these: C0 controls but tab, newline and return, lone surrogates (JSON
+# escapes like "\\ud800" make them), U+FFFE and U+FFFF. An export may hold any (pasted text).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def clean(text: str) -> str:
+    """`text` without the characters XML 1.0 forbids (odfpy would write them, LibreOffice would
+    show U+FFFD or refuse the file)."""
+    return _NOT_XML.sub("", text)
+
+
 def _as_text(value: Any) -> Any:
-    """Indico gives ids and codes as numbers or strings; keep them as text."""
+    """Indico gives ids and codes as numbers or strings; keep them as text, cleaned."""
     if isinstance(value, bool):
         return value
-    return str(value) if isinstance(value, int | float) else value
+    if isinstance(value, int | float):
+        return str(value)
+    return clean(value) if isinstance(value, str) else value
+
+
+def _clean_list(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [clean(v) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def parse_indico_date(value: Any) -> datetime | None:
@@ -132,7 +154,7 @@ class Contribution(_Indico):
     track: Text = None
     type: Text = None
     board_number: Text = None
-    keywords: Annotated[list[str], BeforeValidator(_none_as_empty)] = []
+    keywords: Annotated[list[str], BeforeValidator(_clean_list)] = []
     speakers: People = []
     primaryauthors: People = []
     coauthors: People = []
@@ -141,7 +163,7 @@ class Contribution(_Indico):
     @field_validator("description", mode="before")
     @classmethod
     def _no_description(cls, value: Any) -> Any:
-        return "" if value is None else value
+        return "" if value is None else clean(value) if isinstance(value, str) else value
 
     @field_validator("custom_fields", mode="before")
     @classmethod
@@ -155,8 +177,11 @@ class Contribution(_Indico):
                 if isinstance(item, dict):
                     name = item.get("name") or item.get("title")
                     if name:
-                        pairs[str(name)] = "" if item.get("value") is None else str(item["value"])
+                        pairs[clean(str(name))] = ("" if item.get("value") is None
+                                                   else clean(str(item["value"])))
             return pairs
+        if isinstance(value, dict):
+            return {clean(str(k)): "" if v is None else clean(str(v)) for k, v in value.items()}
         return value
 
     @property

@@ -18,15 +18,22 @@ CONTRIBUTION_FIELDS = frozenset({"code", "title", "start", "end", "duration", "t
 FIXED_TEXTS: dict[str, dict[str, str]] = {
     "en": {"contents": "Contents", "conveners": "Chair", "outside": "Contributions outside sessions",
            "poster": "Poster session", "minutes": "min",
+           "unscheduled": "Unscheduled contributions", "index": "Author index", "page": "page",
            "weekdays": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday"},
     "it": {"contents": "Indice", "conveners": "Presidenza", "outside": "Contributi fuori sessione",
            "poster": "Sessione poster", "minutes": "min",
+           "unscheduled": "Contributi fuori programma", "index": "Indice degli autori",
+           "page": "pagina",
            "weekdays": "lunedì martedì mercoledì giovedì venerdì sabato domenica"},
     "fr": {"contents": "Table des matières", "conveners": "Présidence",
            "outside": "Contributions hors session", "poster": "Session de posters",
-           "minutes": "min", "weekdays": "lundi mardi mercredi jeudi vendredi samedi dimanche"},
+           "minutes": "min", "unscheduled": "Contributions non programmées",
+           "index": "Index des auteurs", "page": "page",
+           "weekdays": "lundi mardi mercredi jeudi vendredi samedi dimanche"},
     "de": {"contents": "Inhalt", "conveners": "Vorsitz", "outside": "Beiträge außerhalb der Sitzungen",
            "poster": "Postersitzung", "minutes": "Min.",
+           "unscheduled": "Nicht eingeplante Beiträge", "index": "Autorenverzeichnis",
+           "page": "Seite",
            "weekdays": "Montag Dienstag Mittwoch Donnerstag Freitag Samstag Sonntag"},
 }
 
@@ -42,6 +49,7 @@ class BookletOptions:
     contribution_heading: str = "{code} {title}"
     language: str = "en"
     custom_fields: tuple[str, ...] = field(default_factory=tuple)
+    pdf: bool = False  # also a PDF made by LibreOffice, beside the ODT (when it is installed)
 
     def __post_init__(self) -> None:
         if self.language not in FIXED_TEXTS:
