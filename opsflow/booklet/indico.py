@@ -330,9 +330,11 @@ def validate_export(data: Any) -> Event:
         raise BookletInputError(f"{_path_of(first['loc'])}: {_message(first)}") from None
 
 
-def read_export(source: dict | str | Path | bytes) -> Event:
-    """The event from an export given as a dict, JSON text, a file path or a file:// or http(s)
-    URL of a file the worker can read (an export someone put there, not Indico itself)."""
+def read_export(source: dict | str | Path | bytes, token: str | None = None) -> Event:
+    """The event from an export given as a dict, JSON text, a file path, a file:// URL, or an
+    http(s) URL: Indico's own export URL (`https://indico.example.org/export/event/ID.json?
+    detail=sessions`), fetched with `token` (an Indico API token) as a Bearer credential, or
+    any server holding the file. The token is sent, never shown in a message."""
     if isinstance(source, dict):
         return validate_export(source)
     if isinstance(source, bytes):
@@ -344,11 +346,19 @@ def read_export(source: dict | str | Path | bytes) -> Event:
     if url.scheme in ("http", "https"):
         import httpx
 
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            response = httpx.get(text, follow_redirects=True, timeout=60)
-            response.raise_for_status()
+            response = httpx.get(text, follow_redirects=True, timeout=300, headers=headers)
         except httpx.HTTPError as exc:
             raise BookletInputError(f"event: cannot read {text}: {exc}") from None
+        if response.status_code in (401, 403):
+            raise BookletInputError(
+                f"event: {text} refused the export ({response.status_code}): "
+                + ("the Indico API token was not accepted" if token else
+                   "it needs an Indico API token (indico_token: a Secret block's name)"))
+        if response.is_error:
+            raise BookletInputError(f"event: cannot read {text}: HTTP {response.status_code} "
+                                    f"{response.reason_phrase}")
         return validate_export(_json(response.content, text))
     path = Path(url2pathname(url.path)) if url.scheme == "file" else Path(text)
     try:

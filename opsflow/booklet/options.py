@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 # Placeholders a heading template may use.
 SESSION_FIELDS = frozenset({"code", "title", "date", "start", "end"})
@@ -79,3 +80,16 @@ def _check_template(option: str, template: str, allowed: frozenset[str]) -> None
 def fill(template: str, values: dict[str, str]) -> str:
     """The template with its values; separators left dangling by an empty value are trimmed."""
     return template.format_map(values).strip(" \t-–—:·|,")
+
+
+def expiry(hours: float | None, default: timedelta) -> timedelta:
+    """How long a booklet is kept: `hours` when given, else the results area's default. Zero
+    or less is refused (it used to become the default silently, keeping a file the caller
+    meant to throw away)."""
+    if hours is None:
+        return default
+    if not hours > 0:  # also refuses NaN
+        raise BookletOptionsError(
+            f"expiry_hours: {hours:g} is not a positive number of hours; give more than 0, "
+            f"or leave it out to keep the booklet {default.total_seconds() / 3600:g} h")
+    return timedelta(hours=hours)
