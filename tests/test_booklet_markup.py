@@ -98,8 +98,13 @@ def test_programme_interleaves_sessions_and_talks_by_day_and_time() -> None:
         {"title": "Sometime", "code": "Z9"},
         {"title": "Sometime too", "code": "Z1"},
     ]
+    adrift = event["sessions"][0]
+    adrift["startDate"] = adrift["endDate"] = None  # a session without a start: at the end
+    adrift_code = adrift["session"]["code"]
     plan = programme(read_export(export))
+    assert [s.label for s in plan.unscheduled_sessions] == [adrift_code]
     days = [[getattr(i, "label", "") for i in day.items] for day in plan.days]
     assert [str(d.day) for d in plan.days] == ["2026-05-11", "2026-05-12"]
-    assert days == [["MOA00", "MOB01", "X1", "MOC02", "MPD03"], ["TOA04"]]
+    expected = [["MOA00", "MOB01", "X1", "MOC02", "MPD03"], ["TOA04"]]
+    assert days == [[c for c in day if c != adrift_code] for day in expected]
     assert [c.label for c in plan.unscheduled] == ["Z1", "Z9"]
