@@ -45,6 +45,11 @@ class BookletConfig(Block):
         description="Contribution fields printed after the abstract, by name (Indico custom "
         "fields, or track, type, board_number, keywords).")
 
+    pdf: bool = Field(
+        default=False, description="Also a PDF beside the ODT, made by LibreOffice where it is "
+        "installed on the worker; kept as long as the ODT. Minutes for thousands of "
+        "contributions.")
+
     @model_validator(mode="after")
     def _usable(self) -> BookletConfig:
         self.options()  # a bad template or language fails when the block is saved
@@ -55,7 +60,7 @@ class BookletConfig(Block):
             return BookletOptions(
                 title=self.title or None, session_heading=self.session_heading,
                 contribution_heading=self.contribution_heading, language=self.language,
-                custom_fields=tuple(self.custom_fields))
+                custom_fields=tuple(self.custom_fields), pdf=self.pdf)
         except BookletOptionsError as exc:
             raise ValueError(str(exc)) from None
 

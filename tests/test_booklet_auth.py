@@ -3,22 +3,26 @@
 A real `prefect server start` with PREFECT_SERVER_API_AUTH_STRING, the deployment served from
 another process holding the credentials (PREFECT_API_AUTH_STRING): `run_deployment` without
 credentials is refused; with them it runs, and the link artifact gives the stored booklet.
-This is what the Indico side (plugin or script) does.
+This is what the Indico side (plugin or script) does; the README's snippet does it for a
+5,000-contribution event passed by URL.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from prefect.blocks.system import Secret
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import PrefectHTTPStatusError
@@ -27,6 +31,7 @@ from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary
 from flows.booklet import LINK_KEY
 from opsflow.booklet.sample import generate_export
 from tests.support.servers import free_port
+from tests.test_booklet_flow import IndicoExport
 
 pytestmark = pytest.mark.slow
 
@@ -137,3 +142,49 @@ def test_run_deployment_with_credentials_builds_the_booklet(auth_server: AuthSer
     assert location.startswith((auth_server.data_dir / "booklets").resolve().as_uri())
     booklet = Path(httpx.URL(location).path)
     assert booklet.read_bytes()[:2] == b"PK" and booklet.suffix == ".odt"
+
+
+README_URL = "https://indico.example.org/export/event/1234.json?detail=sessions"
+
+
+def _readme_snippet() -> str:
+    """The README's booklet example, exactly as a user copies it."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### The abstract booklet from Python"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("\n```", start)]
+
+
+def test_the_readme_snippet_builds_a_5000_contribution_booklet_from_an_indico_url(
+        auth_server: AuthServer, tmp_path: Path) -> None:
+    """The README's snippet, run as written (only its example URL points at the local
+    Indico stand-in), against the real server: the export goes by URL with the token of a
+    Secret block, and `run.state.result()` prints the stored booklet's location."""
+    export = generate_export(sessions=120, contributions=5000, authors=3, abstract_chars=300)
+    codes = {c["code"] for s in export["results"][0]["sessions"] for c in s["contributions"]}
+    assert len(codes) == 5000
+    snippet = _readme_snippet()
+    assert README_URL in snippet and '"indico_token": "indico-api-token"' in snippet, snippet
+    indico = IndicoExport(export, "indico-t0ken")
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: auth_server.api_url,
+                                         PREFECT_API_AUTH_STRING: f"{USER}:{PASSWORD}"}):
+            Secret(value="indico-t0ken").save("indico-api-token", overwrite=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(PREFECT_API_URL=auth_server.api_url,
+                   PREFECT_API_AUTH_STRING=f"{USER}:{PASSWORD}",
+                   PREFECT_HOME=str(tmp_path / "caller-home"))
+        try:
+            done = subprocess.run([sys.executable, "-c", snippet.replace(README_URL, indico.url)],
+                                  cwd=tmp_path, env=env, capture_output=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the README snippet did not finish a 5,000-contribution booklet in 900 s")
+    finally:
+        indico.close()
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert indico.seen == ["Bearer indico-t0ken"]
+    location = done.stdout.decode().strip().splitlines()[-1]
+    assert location.startswith((auth_server.data_dir / "booklets").resolve().as_uri()), location
+    with zipfile.ZipFile(Path(httpx.URL(location).path)) as archive:
+        content = archive.read("content.xml").decode()
+    assert set(re.findall(r"\b[A-Z][OP][A-D]\d{4,}\b", content)) == codes

@@ -43,9 +43,12 @@ def test_named_styles_headings_and_author_marks(export: dict) -> None:
     content = _xml(odt, "content.xml")
     headings = [(h.get(f"{TEXT}outline-level"), "".join(h.itertext()))
                 for h in content.iter(f"{TEXT}h")]
+    # Days, then the sessions and the contributions outside sessions of each day.
     assert [t for level, t in headings if level == "1"] == [
+        "Monday 2026-05-11", "Saturday 2026-05-16", "Author index"]
+    assert [t for level, t in headings if level == "2"] == [
         "MOA00 Session MOA00", "MOB01 Session MOB01", "MPC02 Session MPC02",
-        "Contributions outside sessions"]
+        f"{event.contributions[0].label} Public lecture 1"]
     # Every paragraph uses a named style, none an automatic one.
     used = {p.get(f"{TEXT}style-name") for p in content.iter() if p.tag in (f"{TEXT}p",
                                                                             f"{TEXT}h")}
@@ -69,7 +72,7 @@ def test_options_change_title_headings_language_and_custom_fields(export: dict) 
     text = [" ".join("".join(p.itertext()).split()) for p in content.iter()
             if p.tag in (f"{TEXT}p", f"{TEXT}h")]
     assert text[0] == "IPAC'26 Abstracts"
-    assert "Indice" in text and "Contributi fuori sessione" in text
+    assert "Indice" in text and "Indice degli autori" in text and "lunedì 2026-05-11" in text
     assert "Session MOA00 [MOA00]" in text
     assert any(t.startswith("MOA0001 · 09:00 · ") for t in text)
     assert "track: Beam dynamics" in text
@@ -103,14 +106,14 @@ def test_libreoffice_converts_the_booklet_to_a_pdf_in_order(export: dict, tmp_pa
 
     contents = text.index("Contents")
     sessions = ["MOA00 Session MOA00", "MOB01 Session MOB01", "MPC02 Session MPC02"]
-    # The table of contents lists the sessions in order, then the part outside sessions...
+    # The contents list the sessions in order, then Saturday's lecture outside sessions...
     toc = [text.index(s, contents) for s in sessions] + [
-        text.index("Contributions outside sessions", contents)]
+        text.index("Saturday 2026-05-16", contents)]
     assert toc == sorted(toc)
-    # ...and the pages follow it, in the same order, each session's contributions by start.
-    after_toc = toc[-1] + 1
+    # ...and the pages follow them, in the same order, each session's contributions by start.
+    after_toc = text.index("Author index", contents) + 1
     pages = [text.index(s, after_toc) for s in sessions]
-    outside = text.index("Contributions outside sessions", after_toc)
+    outside = text.index("Saturday 2026-05-16", after_toc)
     assert pages == sorted(pages) and pages[-1] < outside
     for session, start in zip(event_sessions(event)[0], pages, strict=True):
         codes = sorted(c.code for c in session.contributions)

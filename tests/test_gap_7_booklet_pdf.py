@@ -64,9 +64,10 @@ def test_the_table_of_contents_comes_first_in_session_order(booklet: tuple[dict,
     toc = text[contents:first_page]
     positions = [toc.index(_heading(code)) for code in SESSION_ORDER]
     assert positions == sorted(positions), toc
-    assert toc.index("Contributions outside sessions") > positions[-1]
-    # each entry gives its session's day and time range in the event's zone
-    assert "MOC02 Session MOC02 — Monday 2026-05-11, 08:00" in toc  # 06:00 UTC in Rome
+    assert toc.index("Saturday 2026-05-16") > positions[-1]  # the lectures' day
+    # under its day, each entry gives its session's time range in the event's zone
+    assert toc.index("Monday 2026-05-11") < positions[0]
+    assert "MOC02 Session MOC02 — 08:00–" in toc  # 06:00 UTC in Rome
 
 
 def _pages(text: str) -> dict[str, str]:
@@ -75,7 +76,7 @@ def _pages(text: str) -> dict[str, str]:
     starts = [(text.rindex(_heading(code), 0, body_start) if i == 0 else
                text.index(_heading(code), body_start), code)
               for i, code in enumerate(SESSION_ORDER)]
-    outside = text.index("Contributions outside sessions", body_start)
+    outside = text.index("Saturday 2026-05-16", body_start)  # the lectures' day
     assert [s for s, _ in starts] == sorted(s for s, _ in starts) and starts[-1][0] < outside
     bounds = [*(s for s, _ in starts), outside, len(text)]
     parts = {code: text[bounds[i]:bounds[i + 1]] for i, (_, code) in enumerate(starts)}

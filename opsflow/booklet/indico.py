@@ -13,6 +13,7 @@ event's `contributions` and names its session by title; `event_sessions` groups 
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,11 +48,32 @@ def _blank_as_none(value: Any) -> Any:
     return value
 
 
+# XML 1.0 cannot carry these: C0 controls but tab, newline and return, lone surrogates (JSON
+# escapes like "\\ud800" make them), U+FFFE and U+FFFF. An export may hold any (pasted text).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def clean(text: str) -> str:
+    """`text` without the characters XML 1.0 forbids (odfpy would write them, LibreOffice would
+    show U+FFFD or refuse the file)."""
+    return _NOT_XML.sub("", text)
+
+
 def _as_text(value: Any) -> Any:
-    """Indico gives ids and codes as numbers or strings; keep them as text."""
+    """Indico gives ids and codes as numbers or strings; keep them as text, cleaned."""
     if isinstance(value, bool):
         return value
-    return str(value) if isinstance(value, int | float) else value
+    if isinstance(value, int | float):
+        return str(value)
+    return clean(value) if isinstance(value, str) else value
+
+
+def _clean_list(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [clean(v) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def parse_indico_date(value: Any) -> datetime | None:
@@ -127,7 +149,7 @@ class Contribution(_Indico):
     track: Text = None
     type: Text = None
     board_number: Text = None
-    keywords: Annotated[list[str], BeforeValidator(_none_as_empty)] = []
+    keywords: Annotated[list[str], BeforeValidator(_clean_list)] = []
     speakers: People = []
     primaryauthors: People = []
     coauthors: People = []
@@ -136,7 +158,7 @@ class Contribution(_Indico):
     @field_validator("description", mode="before")
     @classmethod
     def _no_description(cls, value: Any) -> Any:
-        return "" if value is None else value
+        return "" if value is None else clean(value) if isinstance(value, str) else value
 
     @field_validator("custom_fields", mode="before")
     @classmethod
@@ -150,8 +172,11 @@ class Contribution(_Indico):
                 if isinstance(item, dict):
                     name = item.get("name") or item.get("title")
                     if name:
-                        pairs[str(name)] = "" if item.get("value") is None else str(item["value"])
+                        pairs[clean(str(name))] = ("" if item.get("value") is None
+                                                   else clean(str(item["value"])))
             return pairs
+        if isinstance(value, dict):
+            return {clean(str(k)): "" if v is None else clean(str(v)) for k, v in value.items()}
         return value
 
     @property
@@ -300,9 +325,11 @@ def validate_export(data: Any) -> Event:
         raise BookletInputError(f"{_path_of(first['loc'])}: {_message(first)}") from None
 
 
-def read_export(source: dict | str | Path | bytes) -> Event:
-    """The event from an export given as a dict, JSON text, a file path or a file:// or http(s)
-    URL of a file the worker can read (an export someone put there, not Indico itself)."""
+def read_export(source: dict | str | Path | bytes, token: str | None = None) -> Event:
+    """The event from an export given as a dict, JSON text, a file path, a file:// URL, or an
+    http(s) URL: Indico's own export URL (`https://indico.example.org/export/event/ID.json?
+    detail=sessions`), fetched with `token` (an Indico API token) as a Bearer credential, or
+    any server holding the file. The token is sent, never shown in a message."""
     if isinstance(source, dict):
         return validate_export(source)
     if isinstance(source, bytes):
@@ -314,11 +341,19 @@ def read_export(source: dict | str | Path | bytes) -> Event:
     if url.scheme in ("http", "https"):
         import httpx
 
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            response = httpx.get(text, follow_redirects=True, timeout=60)
-            response.raise_for_status()
+            response = httpx.get(text, follow_redirects=True, timeout=300, headers=headers)
         except httpx.HTTPError as exc:
             raise BookletInputError(f"event: cannot read {text}: {exc}") from None
+        if response.status_code in (401, 403):
+            raise BookletInputError(
+                f"event: {text} refused the export ({response.status_code}): "
+                + ("the Indico API token was not accepted" if token else
+                   "it needs an Indico API token (indico_token: a Secret block's name)"))
+        if response.is_error:
+            raise BookletInputError(f"event: cannot read {text}: HTTP {response.status_code} "
+                                    f"{response.reason_phrase}")
         return validate_export(_json(response.content, text))
     path = Path(url2pathname(url.path)) if url.scheme == "file" else Path(text)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 # Placeholders a heading template may use.
 SESSION_FIELDS = frozenset({"code", "title", "date", "start", "end"})
@@ -18,15 +19,22 @@ CONTRIBUTION_FIELDS = frozenset({"code", "title", "start", "end", "duration", "t
 FIXED_TEXTS: dict[str, dict[str, str]] = {
     "en": {"contents": "Contents", "conveners": "Chair", "outside": "Contributions outside sessions",
            "poster": "Poster session", "minutes": "min",
+           "unscheduled": "Unscheduled contributions", "index": "Author index", "page": "page",
            "weekdays": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday"},
     "it": {"contents": "Indice", "conveners": "Presidenza", "outside": "Contributi fuori sessione",
            "poster": "Sessione poster", "minutes": "min",
+           "unscheduled": "Contributi fuori programma", "index": "Indice degli autori",
+           "page": "pagina",
            "weekdays": "lunedì martedì mercoledì giovedì venerdì sabato domenica"},
     "fr": {"contents": "Table des matières", "conveners": "Présidence",
            "outside": "Contributions hors session", "poster": "Session de posters",
-           "minutes": "min", "weekdays": "lundi mardi mercredi jeudi vendredi samedi dimanche"},
+           "minutes": "min", "unscheduled": "Contributions non programmées",
+           "index": "Index des auteurs", "page": "page",
+           "weekdays": "lundi mardi mercredi jeudi vendredi samedi dimanche"},
     "de": {"contents": "Inhalt", "conveners": "Vorsitz", "outside": "Beiträge außerhalb der Sitzungen",
            "poster": "Postersitzung", "minutes": "Min.",
+           "unscheduled": "Nicht eingeplante Beiträge", "index": "Autorenverzeichnis",
+           "page": "Seite",
            "weekdays": "Montag Dienstag Mittwoch Donnerstag Freitag Samstag Sonntag"},
 }
 
@@ -42,6 +50,7 @@ class BookletOptions:
     contribution_heading: str = "{code} {title}"
     language: str = "en"
     custom_fields: tuple[str, ...] = field(default_factory=tuple)
+    pdf: bool = False  # also a PDF made by LibreOffice, beside the ODT (when it is installed)
 
     def __post_init__(self) -> None:
         if self.language not in FIXED_TEXTS:
@@ -71,3 +80,16 @@ def _check_template(option: str, template: str, allowed: frozenset[str]) -> None
 def fill(template: str, values: dict[str, str]) -> str:
     """The template with its values; separators left dangling by an empty value are trimmed."""
     return template.format_map(values).strip(" \t-–—:·|,")
+
+
+def expiry(hours: float | None, default: timedelta) -> timedelta:
+    """How long a booklet is kept: `hours` when given, else the results area's default. Zero
+    or less is refused (it used to become the default silently, keeping a file the caller
+    meant to throw away)."""
+    if hours is None:
+        return default
+    if not hours > 0:  # also refuses NaN
+        raise BookletOptionsError(
+            f"expiry_hours: {hours:g} is not a positive number of hours; give more than 0, "
+            f"or leave it out to keep the booklet {default.total_seconds() / 3600:g} h")
+    return timedelta(hours=hours)

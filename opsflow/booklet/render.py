@@ -1,50 +1,72 @@
 """The abstract booklet as an ODT document, built with odfpy (after JACoW MEOW's booklet).
 
-Layout: a title page; a table of contents; a page per session (code, title, date and time
-range in the event's time zone, conveners with affiliations) with its contributions in order
-of start then code (code, title, time, authors grouped by affiliation with speakers in bold
-and co-authors in italics, the abstract, chosen custom fields); poster sessions compact;
-contributions outside any session in a part of their own.
+Layout, in programme order (`opsflow.booklet.programme`): a title page; the contents (days,
+sessions, contributions with code and title, each with its page number); a part per day
+with its sessions (code, title, date and time range in the event's time zone, conveners)
+and the contributions outside sessions interleaved by start time, each contribution with its
+code, title, day and time, authors grouped by affiliation (speakers bold, co-authors italic),
+the abstract rendered from its Markdown or HTML, and the chosen custom fields; poster
+sessions compact; the unscheduled contributions in a part of their own, by code; an author
+index (name, affiliation, contribution codes) at the back. Every page but the title page has
+a footer with the booklet's title and the page number.
+
+Page numbers in the contents are page-reference fields (`text:bookmark-ref`,
+reference-format "page") to a bookmark in each heading. A word processor lays the pages out
+when it opens the file, and computes such fields then: LibreOffice shows the right numbers on
+opening and in the PDF it makes, with no "update index" (an ODT index, by contrast, keeps the
+text it was saved with). The field's saved text is empty: a reader that lays out no pages
+shows no number rather than a wrong one.
 
 Every paragraph uses a named (common) style, so a user restyles the whole booklet by editing
-one style in LibreOffice. The table of contents is written out entry by entry, because
-LibreOffice does not refresh an index when it converts a file; "Update index" in LibreOffice
-rebuilds it from the headings, with page numbers.
-
-odfpy's element building is the cost of rendering: this module computes each text once and
-builds each element with one call, and nothing else per element.
+one style in LibreOffice. odfpy's element building is the cost of rendering: this module
+computes each text once and builds each element with one call, and nothing else per element.
 """
 
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from odf.opendocument import OpenDocumentText
-from odf.style import ParagraphProperties, Style, TextProperties
+from odf.style import (
+    Footer,
+    MasterPage,
+    PageLayout,
+    PageLayoutProperties,
+    ParagraphProperties,
+    Style,
+    TabStop,
+    TabStops,
+    TextProperties,
+)
 from odf.text import (
+    A,
+    Bookmark,
+    BookmarkRef,
     H,
-    IndexBody,
-    IndexEntryChapter,
-    IndexEntryPageNumber,
-    IndexEntryTabStop,
-    IndexEntryText,
-    IndexTitle,
-    IndexTitleTemplate,
+    LineBreak,
     P,
+    PageNumber,
+    Section,
     Span,
-    TableOfContent,
-    TableOfContentEntryTemplate,
-    TableOfContentSource,
+    Tab,
 )
 
-from opsflow.booklet.indico import Contribution, Event, Session, event_sessions
+from opsflow.booklet.indico import Contribution, Event, Person, Session, clean
+from opsflow.booklet.markup import LINE_BREAK, Block, blocks
 from opsflow.booklet.options import BookletOptions, fill
+from opsflow.booklet.programme import programme, session_contributions
 
 Progress = Callable[[int, int], None]  # (contributions done, contributions in all)
+
+PAGE_WIDTH, PAGE_HEIGHT, MARGIN = 21.0, 29.7, 2.0  # cm, A4
+TEXT_WIDTH = f"{PAGE_WIDTH - 2 * MARGIN:g}cm"
+
+_RIGHT_TAB = {"position": TEXT_WIDTH, "type": "right", "leaderstyle": "dotted",
+              "leadertext": "."}
 
 # Display name -> (paragraph properties, text properties, outline level). The ODF name is the
 # display name with spaces encoded as LibreOffice does ("Session Heading" -> Session_20_Heading).
@@ -54,41 +76,77 @@ PARAGRAPH_STYLES: dict[str, tuple[dict, dict, int | None]] = {
     "Booklet Subtitle": ({"textalign": "center", "breakafter": "page"}, {"fontsize": "14pt"}, None),
     "Contents Heading": ({"marginbottom": "0.4cm"}, {"fontsize": "16pt", "fontweight": "bold"},
                          None),
-    "Contents 1": ({"marginbottom": "0.1cm"}, {"fontsize": "11pt"}, None),
+    "Contents 1": ({"margintop": "0.2cm"}, {"fontsize": "11pt", "fontweight": "bold"}, None),
+    "Contents 2": ({"marginleft": "0.5cm"}, {"fontsize": "10pt"}, None),
+    "Contents 3": ({"marginleft": "1cm"}, {"fontsize": "9pt"}, None),
+    "Day Heading": ({"breakbefore": "page", "keepwithnext": "always", "marginbottom": "0.4cm"},
+                    {"fontsize": "20pt", "fontweight": "bold"}, 1),
     "Session Heading": ({"breakbefore": "page", "keepwithnext": "always", "marginbottom": "0.2cm"},
-                        {"fontsize": "16pt", "fontweight": "bold"}, 1),
+                        {"fontsize": "16pt", "fontweight": "bold"}, 2),
+    # The first session of a day: on the day's own page, no break of its own.
+    "First Session Heading": ({"keepwithnext": "always", "marginbottom": "0.2cm"},
+                              {"fontsize": "16pt", "fontweight": "bold"}, 2),
     "Session Time": ({"marginbottom": "0.1cm"}, {"fontsize": "11pt", "fontstyle": "italic"}, None),
     "Session Conveners": ({"marginbottom": "0.4cm"}, {"fontsize": "11pt"}, None),
     "Contribution Heading": ({"margintop": "0.5cm", "keepwithnext": "always"},
-                             {"fontsize": "12pt", "fontweight": "bold"}, 2),
+                             {"fontsize": "12pt", "fontweight": "bold"}, 3),
     "Contribution Time": ({"keepwithnext": "always"}, {"fontsize": "10pt"}, None),
     "Authors": ({"marginbottom": "0.15cm", "keepwithnext": "always"}, {"fontsize": "10pt"}, None),
     "Abstract": ({"textalign": "justify", "marginbottom": "0.1cm"}, {"fontsize": "10pt"}, None),
+    "Abstract Heading": ({"margintop": "0.1cm", "keepwithnext": "always"},
+                         {"fontsize": "10pt", "fontweight": "bold"}, None),
+    "Abstract List": ({"marginleft": "0.6cm", "textindent": "-0.4cm"}, {"fontsize": "10pt"},
+                      None),
     "Custom Field": ({}, {"fontsize": "9pt"}, None),
     "Poster Title": ({"margintop": "0.25cm", "keepwithnext": "always"},
                      {"fontsize": "10pt", "fontweight": "bold"}, None),
     "Poster Authors": ({"keepwithnext": "always"}, {"fontsize": "9pt"}, None),
     "Poster Abstract": ({"textalign": "justify"}, {"fontsize": "9pt"}, None),
+    "Index Heading": ({"breakbefore": "page", "marginbottom": "0.4cm"},
+                      {"fontsize": "16pt", "fontweight": "bold"}, 1),
+    "Index Entry": ({"marginleft": "0.5cm", "textindent": "-0.5cm"}, {"fontsize": "9pt"}, None),
+    "Footer": ({"textalign": "center"}, {"fontsize": "9pt"}, None),
 }
 TEXT_STYLES: dict[str, dict] = {
     "Speaker": {"fontweight": "bold"},
     "Co-author": {"fontstyle": "italic"},
     "Custom Field Name": {"fontweight": "bold"},
+    "Strong": {"fontweight": "bold"},
+    "Emphasis": {"fontstyle": "italic"},
+    "Strong Emphasis": {"fontweight": "bold", "fontstyle": "italic"},
 }
+CONTENTS_STYLES = ("Contents 1", "Contents 2", "Contents 3")
+TITLE_MASTER, BODY_MASTER = "Title Page", "Standard"
 
 
 def odf_name(display: str) -> str:
     return display.replace(" ", "_20_")
 
 
-def add_booklet_styles(doc: OpenDocumentText) -> dict[str, Style]:
-    """Add the booklet's named styles to `doc`; returns them by display name."""
+def add_booklet_styles(doc: OpenDocumentText, footer_title: str = "") -> dict[str, Style]:
+    """Add the booklet's named styles and page styles to `doc`; returns them by display name.
+
+    Two master pages: the title page's, without footer, followed by the body's, whose footer
+    carries `footer_title` and the page number."""
+    layout = PageLayout(name="Booklet_Page")
+    layout.addElement(PageLayoutProperties(
+        pagewidth=f"{PAGE_WIDTH}cm", pageheight=f"{PAGE_HEIGHT}cm", printorientation="portrait",
+        margintop=f"{MARGIN}cm", marginbottom=f"{MARGIN * 0.75}cm", marginleft=f"{MARGIN}cm",
+        marginright=f"{MARGIN}cm"))
+    doc.automaticstyles.addElement(layout)
     styles: dict[str, Style] = {}
     for display, (paragraph, text, level) in PARAGRAPH_STYLES.items():
-        extra = {"defaultoutlinelevel": str(level)} if level else {}
+        extra: dict = {"defaultoutlinelevel": str(level)} if level else {}
+        if display == "Booklet Title":
+            extra["masterpagename"] = odf_name(TITLE_MASTER)
         style = Style(name=odf_name(display), displayname=display, family="paragraph", **extra)
-        if paragraph:
-            style.addElement(ParagraphProperties(**paragraph))
+        properties = ParagraphProperties(**paragraph)
+        if display in CONTENTS_STYLES or display == "Footer":
+            stops = TabStops()
+            stops.addElement(TabStop(**_RIGHT_TAB) if display != "Footer" else TabStop(
+                position=TEXT_WIDTH, type="right"))
+            properties.addElement(stops)
+        style.addElement(properties)
         style.addElement(TextProperties(**text))
         doc.styles.addElement(style)
         styles[display] = style
@@ -97,23 +155,16 @@ def add_booklet_styles(doc: OpenDocumentText) -> dict[str, Style]:
         style.addElement(TextProperties(**text))
         doc.styles.addElement(style)
         styles[display] = style
+    body = MasterPage(name=BODY_MASTER, pagelayoutname=layout)
+    footer = Footer()
+    line = P(stylename=styles["Footer"], text=f"{footer_title} · " if footer_title else "")
+    line.addElement(PageNumber(selectpage="current", numformat="1", text=""))
+    footer.addElement(line)
+    body.addElement(footer)
+    doc.masterstyles.addElement(body)
+    doc.masterstyles.addElement(MasterPage(name=odf_name(TITLE_MASTER), displayname=TITLE_MASTER,
+                                           pagelayoutname=layout, nextstylename=BODY_MASTER))
     return styles
-
-
-# XML 1.0 cannot carry most control characters; an export may (pasted abstracts do).
-_CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 10, 13))
-_PARAGRAPHS = re.compile(r"\s*\n\s*")
-
-
-def clean(text: str) -> str:
-    return text.translate(_CONTROL)
-
-
-def abstract_paragraphs(description: str) -> list[str]:
-    text = clean(description).strip()
-    if "\n" not in text:  # the usual abstract: one paragraph, no regex needed
-        return [text] if text else []
-    return _PARAGRAPHS.split(text)
 
 
 def in_zone(moment: datetime, zone: ZoneInfo) -> datetime:
@@ -125,8 +176,7 @@ def author_groups(contribution: Contribution) -> list[tuple[str, list[tuple[str,
     """Authors grouped by affiliation, in order of first appearance: [(affiliation,
     [(name, text style or None)])]. Speakers are bold, co-authors italic; a speaker who is
     not among the authors is listed too. A person is the same name and affiliation."""
-    speakers = {(p.name.casefold(), (p.affiliation or "").casefold())
-                for p in contribution.speakers}
+    speakers = {p.key for p in contribution.speakers}
     groups: dict[str, list[tuple[str, str | None]]] = {}
     seen: set[tuple[str, str]] = set()
     for people, marker in ((contribution.primaryauthors, None),
@@ -143,9 +193,28 @@ def author_groups(contribution: Contribution) -> list[tuple[str, list[tuple[str,
             if group is None:
                 group = groups[affiliation] = []
             group.append((name, "Speaker" if key in speakers else marker))
-    # Names and affiliations are cleaned once per group, not once per use.
-    return [(clean(affiliation), [(clean(n), style) for n, style in names])
-            for affiliation, names in groups.items()]
+    return list(groups.items())
+
+
+@dataclass
+class IndexEntry:
+    """One person of the author index: listed once per name and affiliation."""
+
+    sort_key: tuple[str, str, str]
+    name: str  # "Last, First"
+    affiliation: str
+    codes: list[str] = field(default_factory=list)
+
+
+def index_name(person: Person) -> tuple[tuple[str, str, str], str]:
+    if person.last_name and person.first_name:
+        shown = f"{person.last_name}, {person.first_name}"
+        key = (person.last_name.casefold(), person.first_name.casefold())
+    else:
+        shown = person.name
+        last = shown.rsplit(" ", 1)[-1]
+        key = (last.casefold(), shown.casefold())
+    return (*key, (person.affiliation or "").casefold()), shown
 
 
 class BookletRenderer:
@@ -157,15 +226,20 @@ class BookletRenderer:
         self.texts = options.texts
         self.zone = event.zone
         self.weekdays = self.texts["weekdays"].split()
+        self.title = clean(options.title or event.title)
         self.doc = OpenDocumentText()
-        self.styles = add_booklet_styles(self.doc)
+        self.styles = add_booklet_styles(self.doc, self.title)
         self.text = self.doc.text
+        self.index: dict[tuple[str, str], IndexEntry] = {}
+        self._bookmarks = 0
 
     # -- formatting -----------------------------------------------------------------------
 
     def day(self, moment: datetime) -> str:
-        local = in_zone(moment, self.zone)
-        return f"{self.weekdays[local.weekday()]} {local:%Y-%m-%d}"
+        return self.day_name(in_zone(moment, self.zone).date())
+
+    def day_name(self, day: date) -> str:
+        return f"{self.weekdays[day.weekday()]} {day:%Y-%m-%d}"
 
     def clock(self, moment: datetime | None) -> str:
         if moment is None:
@@ -174,7 +248,7 @@ class BookletRenderer:
         return f"{local.hour:02d}:{local.minute:02d}"
 
     def session_values(self, session: Session) -> dict[str, str]:
-        return {"code": clean(session.label), "title": clean(session.title),
+        return {"code": session.label, "title": session.title,
                 "date": self.day(session.start) if session.start else "",
                 "start": self.clock(session.start), "end": self.clock(session.end)}
 
@@ -191,36 +265,57 @@ class BookletRenderer:
         end = ""
         if start is not None and minutes:
             end = self.clock(start + timedelta(minutes=minutes))
-        return {"code": clean(contribution.label), "title": clean(contribution.title),
+        return {"code": contribution.label, "title": contribution.title,
                 "start": self.clock(start), "end": end,
                 "duration": f"{minutes:g}" if minutes else "", "track": contribution.track or "",
                 "type": contribution.type or "", "board": contribution.board_number or ""}
+
+    def contribution_time(self, contribution: Contribution, values: dict[str, str]) -> str:
+        """The time line: always with its day, which no heading above it gives for sure."""
+        if contribution.start is None:
+            return ""
+        return f"{self.day(contribution.start)}, {values['start']}" + (
+            f"–{values['end']}" if values["end"] else "")
 
     # -- building -------------------------------------------------------------------------
 
     def render(self, progress: Progress | None = None) -> bytes:
         """The booklet as ODT bytes."""
-        sessions, loose = event_sessions(self.event)
-        total = sum(len(s.contributions) for s in sessions) + len(loose)
+        plan = programme(self.event)
+        total = len(plan.contributions())
         done, step = 0, max(1, total // 20)
+
+        def advance() -> None:
+            nonlocal done
+            done += 1
+            if progress and done % step == 0:
+                progress(done, total)
+
         self.title_page()
-        self.table_of_contents(sessions, loose)
-        for session in sessions:
-            self.session_page(session)
-            poster = session.poster
-            for contribution in sorted(session.contributions, key=_by_start):
-                self.contribution(contribution, poster)
-                done += 1
-                if progress and done % step == 0:
-                    progress(done, total)
-        if loose:
-            self.text.addElement(H(outlinelevel=1, stylename=self.styles["Session Heading"],
-                                   text=self.texts["outside"]))
-            for contribution in loose:
-                self.contribution(contribution, False)
-                done += 1
-                if progress and done % step == 0:
-                    progress(done, total)
+        contents = self.contents_heading()
+        entries: list[P] = []  # the contents, filled while the body is built
+        for day in plan.days:
+            self.day_heading(self.day_name(day.day), entries)
+            first = True
+            for item in day.items:
+                if isinstance(item, Session):
+                    self.session(item, first, entries, advance)
+                else:
+                    self.contribution(item, False, 2, entries)
+                    advance()
+                first = False
+        if plan.unscheduled_sessions or plan.unscheduled:
+            self.day_heading(self.texts["unscheduled"], entries)
+            first = True
+            for session in plan.unscheduled_sessions:
+                self.session(session, first, entries, advance)
+                first = False
+            for contribution in plan.unscheduled:
+                self.contribution(contribution, False, 2, entries)
+                advance()
+        self.author_index(entries)
+        for entry in entries:  # into the document right after the contents' heading
+            contents.addElement(entry)
         if progress:
             progress(total, total)
         out = io.BytesIO()
@@ -229,89 +324,158 @@ class BookletRenderer:
 
     def title_page(self) -> None:
         event = self.event
-        self.text.addElement(P(stylename=self.styles["Booklet Title"],
-                               text=clean(self.options.title or event.title)))
-        subtitle = clean(event.title) if self.options.title else ""
+        self.text.addElement(P(stylename=self.styles["Booklet Title"], text=self.title))
+        subtitle = event.title if self.options.title else ""
         if event.start is not None:
             dates = self.day(event.start)
             if event.end is not None and self.day(event.end) != dates:
                 dates += f" – {self.day(event.end)}"
             subtitle = f"{subtitle} · {dates}" if subtitle else dates
         if event.location:
-            subtitle += f" · {clean(event.location)}"
+            subtitle += f" · {event.location}"
         self.text.addElement(P(stylename=self.styles["Booklet Subtitle"], text=subtitle))
 
-    def table_of_contents(self, sessions: list[Session], loose: list[Contribution]) -> None:
-        """The contents, with one entry per session written in (see the module docstring)."""
-        title = self.texts["contents"]
-        toc = TableOfContent(name="Contents", protected="false")
-        source = TableOfContentSource(outlinelevel=1)
-        template = IndexTitleTemplate(stylename=self.styles["Contents Heading"])
-        template.addText(title)
-        source.addElement(template)
-        entry = TableOfContentEntryTemplate(outlinelevel=1, stylename=self.styles["Contents 1"])
-        for part in (IndexEntryChapter(), IndexEntryText(),
-                     IndexEntryTabStop(type="right", leaderchar="."), IndexEntryPageNumber()):
-            entry.addElement(part)
-        source.addElement(entry)
-        toc.addElement(source)
-        body = IndexBody()
-        heading = IndexTitle(name="Contents_Head")
-        heading.addElement(P(stylename=self.styles["Contents Heading"], text=title))
-        body.addElement(heading)
-        style = self.styles["Contents 1"]
-        for session in sessions:
-            line = fill(self.options.session_heading, self.session_values(session))
-            when = self.session_time(session)
-            body.addElement(P(stylename=style, text=f"{line} — {when}" if when else line))
-        if loose:
-            body.addElement(P(stylename=style, text=self.texts["outside"]))
-        toc.addElement(body)
-        self.text.addElement(toc)
+    def contents_heading(self) -> Section:
+        """The contents' heading, and a section its entries go into once they are known."""
+        section = Section(name="Contents")
+        section.addElement(P(stylename=self.styles["Contents Heading"],
+                             text=self.texts["contents"]))
+        self.text.addElement(section)
+        return section
 
-    def session_page(self, session: Session) -> None:
+    def bookmark(self) -> str:
+        self._bookmarks += 1
+        return f"b{self._bookmarks}"
+
+    def contents_entry(self, entries: list[P], level: int, text: str, mark: str) -> None:
+        line = P(stylename=self.styles[CONTENTS_STYLES[level - 1]], text=text)
+        line.addElement(Tab())
+        line.addElement(BookmarkRef(referenceformat="page", refname=mark))
+        entries.append(line)
+
+    def heading(self, style: str, level: int, text: str, entries: list[P],
+                contents_text: str | None = None) -> None:
+        """A heading with a bookmark, and its contents entry pointing at that bookmark."""
+        mark = self.bookmark()
+        element = H(outlinelevel=level, stylename=self.styles[style])
+        element.addElement(Bookmark(name=mark))
+        element.addText(text)
+        self.text.addElement(element)
+        self.contents_entry(entries, min(level, 3), contents_text or text, mark)
+
+    def day_heading(self, text: str, entries: list[P]) -> None:
+        self.heading("Day Heading", 1, text, entries)
+
+    def session(self, session: Session, first: bool, entries: list[P],
+                advance: Callable[[], None]) -> None:
         styles = self.styles
         heading = fill(self.options.session_heading, self.session_values(session))
-        self.text.addElement(H(outlinelevel=1, stylename=styles["Session Heading"], text=heading))
         when = self.session_time(session)
+        span = f"{self.clock(session.start)}–{self.clock(session.end)}" if (
+            session.start and session.end) else self.clock(session.start)
+        self.heading("First Session Heading" if first else "Session Heading", 2, heading, entries,
+                     f"{heading} — {span}" if span else heading)
         if session.poster:
             when = f"{self.texts['poster']} · {when}" if when else self.texts["poster"]
         if when:
             self.text.addElement(P(stylename=styles["Session Time"], text=when))
         if session.conveners:
             line = P(stylename=styles["Session Conveners"])
-            self.people(line, [(p.affiliation and clean(p.affiliation) or "",
-                                [(clean(p.name), None)]) for p in session.conveners if p.name],
+            self.people(line, [(p.affiliation or "", [(p.name, None)])
+                               for p in session.conveners if p.name],
                         prefix=f"{self.texts['conveners']}: ")
             self.text.addElement(line)
+        poster = session.poster
+        for contribution in session_contributions(session):
+            self.contribution(contribution, poster, 3, entries)
+            advance()
 
-    def contribution(self, contribution: Contribution, poster: bool) -> None:
+    def contribution(self, contribution: Contribution, poster: bool, level: int,
+                     entries: list[P]) -> None:
         styles, add = self.styles, self.text.addElement
         values = self.contribution_values(contribution)
         heading = fill(self.options.contribution_heading, values)
+        mark = self.bookmark()
         if poster:
-            add(P(stylename=styles["Poster Title"], text=heading))
+            title = P(stylename=styles["Poster Title"])
             authors, abstract = styles["Poster Authors"], styles["Poster Abstract"]
         else:
-            add(H(outlinelevel=2, stylename=styles["Contribution Heading"], text=heading))
-            if values["start"]:
-                when = values["start"] + (f"–{values['end']}" if values["end"] else "")
-                add(P(stylename=styles["Contribution Time"], text=when))
+            title = H(outlinelevel=level, stylename=styles["Contribution Heading"])
             authors, abstract = styles["Authors"], styles["Abstract"]
+        title.addElement(Bookmark(name=mark))
+        title.addText(heading)
+        add(title)
+        code_title = " ".join(p for p in (contribution.label, contribution.title) if p)
+        self.contents_entry(entries, level, code_title, mark)
+        if not poster:
+            when = self.contribution_time(contribution, values)
+            if when:
+                add(P(stylename=styles["Contribution Time"], text=when))
         groups = author_groups(contribution)
         if groups:
             line = P(stylename=authors)
             self.people(line, groups)
             add(line)
-        for paragraph in abstract_paragraphs(contribution.description):
-            add(P(stylename=abstract, text=paragraph))
+        self.remember_authors(contribution)
+        for block in blocks(contribution.description):
+            add(self.block(block, abstract))
         for name in self.options.custom_fields:
             value = custom_value(contribution, name)
             if value:
                 line = P(stylename=styles["Custom Field"])
                 line.addElement(Span(stylename=styles["Custom Field Name"], text=f"{name}: "))
-                line.addText(clean(value))
+                line.addText(value)
                 add(line)
+
+    def block(self, block: Block, abstract: Style) -> P:
+        """One paragraph of an abstract, its runs as text, spans, links and line breaks."""
+        styles = self.styles
+        if block.kind == "p" and len(block.runs) == 1 and block.runs[0][1:] == (None, None):
+            return P(stylename=abstract, text=block.runs[0][0])  # the usual, plain paragraph
+        style = {"h": styles["Abstract Heading"], "li": styles["Abstract List"]}.get(
+            block.kind, abstract)
+        line = P(stylename=style, text=block.marker)
+        for run in block.runs:
+            if run == LINE_BREAK:
+                line.addElement(LineBreak())
+                continue
+            text, span, href = run
+            if href:
+                link = A(type="simple", href=href)
+                if span:
+                    link.addElement(Span(stylename=styles[span], text=text))
+                else:
+                    link.addText(text)
+                line.addElement(link)
+            elif span:
+                line.addElement(Span(stylename=styles[span], text=text))
+            else:
+                line.addText(text)
+        return line
+
+    def remember_authors(self, contribution: Contribution) -> None:
+        code = contribution.label or contribution.title
+        for people in (contribution.primaryauthors, contribution.coauthors, contribution.speakers):
+            for person in people:
+                if not person.name:
+                    continue
+                entry = self.index.get(person.key)
+                if entry is None:
+                    sort_key, shown = index_name(person)
+                    entry = self.index[person.key] = IndexEntry(sort_key, shown,
+                                                                person.affiliation or "")
+                if not entry.codes or entry.codes[-1] != code:
+                    entry.codes.append(code)
+
+    def author_index(self, entries: list[P]) -> None:
+        if not self.index:
+            return
+        self.heading("Index Heading", 1, self.texts["index"], entries)
+        style = self.styles["Index Entry"]
+        add = self.text.addElement
+        for entry in sorted(self.index.values(), key=lambda e: e.sort_key):
+            who = f"{entry.name} ({entry.affiliation})" if entry.affiliation else entry.name
+            add(P(stylename=style, text=f"{who} — {', '.join(entry.codes)}"))
 
     def people(self, line: P, groups: list[tuple[str, list[tuple[str, str | None]]]],
                prefix: str = "") -> None:
@@ -338,10 +502,6 @@ class BookletRenderer:
             line.addText(plain)
 
 
-def _by_start(contribution: Contribution) -> tuple:
-    return contribution.sort_key
-
-
 def custom_value(contribution: Contribution, name: str) -> str:
     """A custom field by name, else a contribution attribute of that name (track, type...)."""
     if name in contribution.custom_fields:
@@ -359,3 +519,4 @@ def render_booklet(event: Event, options: BookletOptions | None = None,
                    progress: Progress | None = None) -> bytes:
     """The booklet of `event` as ODT bytes."""
     return BookletRenderer(event, options or BookletOptions()).render(progress)
+
