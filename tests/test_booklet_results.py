@@ -75,3 +75,15 @@ def test_s3_results_expire_through_metadata_and_the_link_downloads(s3, s3_bucket
     assert keys == {f"events/booklets/{expired.name}", f"events/booklets/{fresh.name}"}
     assert area.sweep(now) == [expired.name]
     assert not area.exists(expired.name) and area.exists(fresh.name)
+
+
+def test_s3_results_carry_the_content_type_of_their_format(s3, s3_bucket: str) -> None:
+    """A PDF stored beside the ODT must open as a PDF from its link, not as an ODT."""
+    from opsflow.booklet.results import S3ResultsArea
+
+    area = S3ResultsArea(s3.client(), s3_bucket)
+    odt = area.put("booklet.odt", b"odt bytes")
+    pdf = area.put("booklet.pdf", b"%PDF-1.4")
+    assert httpx.get(odt.location).headers["content-type"] == \
+        "application/vnd.oasis.opendocument.text"
+    assert httpx.get(pdf.location).headers["content-type"] == "application/pdf"

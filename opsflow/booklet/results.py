@@ -11,6 +11,7 @@ and a presigned link that lasts as long as the result). `sweep` deletes what has
 
 from __future__ import annotations
 
+import mimetypes
 import os
 import re
 import secrets
@@ -130,6 +131,17 @@ class LocalResultsArea:
         return removed
 
 
+# The booklet's formats are not in every system's mime table; name them here.
+_CONTENT_TYPES = {".odt": "application/vnd.oasis.opendocument.text", ".pdf": "application/pdf"}
+
+
+def content_type(filename: str) -> str:
+    """The Content-Type a browser needs to open a stored result (an ODT, a PDF, ...)."""
+    suffix = Path(filename).suffix.lower()
+    guessed = mimetypes.guess_type(filename)[0]
+    return _CONTENT_TYPES.get(suffix) or guessed or "application/octet-stream"
+
+
 class S3ResultsArea:
     """Results in an S3 bucket under `prefix/<token>/<filename>`, the expiry in metadata.
 
@@ -149,7 +161,7 @@ class S3ResultsArea:
         key = transport.object_key(name)
         transport.client.put_object(
             Bucket=transport.bucket, Key=key, Body=data, Expires=expires_at,
-            ContentType="application/vnd.oasis.opendocument.text",
+            ContentType=content_type(filename),
             ContentDisposition=f'attachment; filename="{filename}"',
             Metadata={EXPIRES_KEY: expires_at.isoformat()})
         link = transport.client.generate_presigned_url(
