@@ -141,7 +141,8 @@ def transfer_experiment_files_flow(uid: str, destination: str, site: str,
                 raise PermanentTransferError(f"site {site!r} is not registered")
             transport = open_site_storage(found)
             try:
-                report = transfer_experiment_files(session, uid, destination, transport)
+                report = transfer_experiment_files(session, uid, destination, transport,
+                                                   site=site)
             finally:
                 transport.close()
         report_table("transfer-experiment-files", f"{uid} to {site}: {report.summary()}", [

@@ -1,0 +1,200 @@
+"""A large datafile's upload cut off by the site's sshd going away resumes from its recorded
+partial file: the second attempt sends the rest, not the whole file, and the result is exact."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from opsflow.store import session_scope
+from opsflow.transfer.provider import catalogue_experiment, transfer_experiment_files
+from opsflow.transfer.records import PartialUpload
+from opsflow.transports.base import TransportUnavailable
+from opsflow.transports.sftp import SftpSettings, SftpTransport
+from tests.support.servers import Sshd, free_port
+
+MIB = 1024 * 1024
+SIZE = 200 * MIB
+
+
+class CountingRelay:
+    """A TCP relay in front of the sshd that counts the bytes going to the server: what the
+    server received, whatever the client believes it sent."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.to_server = 0
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, upstream: bool) -> None:
+        try:
+            while data := source.recv(256 * 1024):
+                target.sendall(data)
+                if upstream:
+                    with self.lock:
+                        self.to_server += len(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (the sshd's sessions), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_sshd_by_pid(sshd: Sshd) -> None:
+    """The sshd and its session processes, killed by their ids (as a crash or a reboot
+    would end them), then reaped."""
+    assert sshd.process is not None
+    pids = [sshd.process.pid, *descendants(sshd.process.pid)]
+    for pid in reversed(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    sshd.process.wait(timeout=10)
+    sshd.process = None
+
+
+@pytest.fixture
+def own_sshd(tmp_path: Path) -> Iterator[Sshd]:
+    """An sshd of this test's own, which it stops and starts again."""
+    server = Sshd(tmp_path / "sshd")
+    server.start()
+    yield server
+    server.stop()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(4 * MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_an_upload_cut_at_60_percent_resumes_and_sends_less_than_half_again(
+        sqlite_url: str, own_sshd: Sshd, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "raw").mkdir(parents=True)
+    (source / "data").mkdir()
+    big = source / "raw" / "big.bin"
+    with open(big, "wb") as handle:
+        for _ in range(SIZE // (8 * MIB)):
+            handle.write(os.urandom(8 * MIB))
+    (source / "data" / "small.bin").write_bytes(os.urandom(64 * 1024))
+    with session_scope(sqlite_url) as session:
+        catalogue_experiment(session, "60", source, owners=["a@example.org"])
+    remote_base = tmp_path / "remote"
+    landed = remote_base / "tardis.60" / "raw"
+    relay = CountingRelay(own_sshd.port)
+    settings = SftpSettings(host="127.0.0.1", port=relay.port, username=own_sshd.user,
+                            known_hosts=f"[127.0.0.1]:{relay.port} {own_sshd.host_public_key}",
+                            private_key=own_sshd.client_key_path.read_text())
+    failure: list[BaseException] = []
+
+    def first_attempt() -> None:
+        transport = SftpTransport(settings, str(remote_base))
+        try:
+            with session_scope(sqlite_url) as session:
+                transfer_experiment_files(session, "tardis.60", "tardis.60", transport,
+                                          site="monash")
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            failure.append(exc)
+        finally:
+            transport.close()
+
+    try:
+        worker = threading.Thread(target=first_attempt, daemon=True)
+        worker.start()
+        give_up = time.monotonic() + 120
+        while True:
+            partial = list(landed.glob(".opsflow-resume-*")) if landed.exists() else []
+            if partial and partial[0].stat().st_size >= 0.6 * SIZE:
+                break
+            assert worker.is_alive(), f"the first attempt ended before 60%: {failure}"
+            assert time.monotonic() < give_up, "the upload did not reach 60% in 120 s"
+            time.sleep(0.01)
+        stop_sshd_by_pid(own_sshd)
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "the first attempt did not notice the sshd was gone in 60 s"
+        assert failure and isinstance(failure[0], TransportUnavailable), failure
+        with session_scope(sqlite_url) as session:
+            record = session.scalars(select(PartialUpload)).one()
+            kept, temp = record.verified_length, record.temp_path
+        assert temp == f"tardis.60/raw/{partial[0].name}"  # the store knows the partial file
+        assert 0.4 * SIZE <= kept <= partial[0].stat().st_size
+
+        own_sshd.start()  # the same port, host key and folder
+        relay.to_server = 0
+        transport = SftpTransport(settings, str(remote_base))
+        try:
+            with session_scope(sqlite_url) as session:
+                report = transfer_experiment_files(session, "tardis.60", "tardis.60",
+                                                   transport, site="monash")
+        finally:
+            transport.close()
+    finally:
+        relay.close()
+
+    print(f"kept {kept} of {SIZE}; the server received {relay.to_server} bytes again")
+    assert report.resumed == {"raw/big.bin": kept}, report.summary()
+    assert report.bytes_sent == SIZE - kept
+    assert relay.to_server < 0.5 * SIZE, (
+        f"the server received {relay.to_server} bytes again ({kept} were kept)")
+    assert sha256_of(landed / "big.bin") == sha256_of(big)
+    assert not list(landed.glob(".opsflow-resume-*"))  # renamed into place
+    with session_scope(sqlite_url) as session:
+        assert session.scalars(select(PartialUpload)).all() == []
