@@ -198,3 +198,79 @@ def test_an_upload_cut_at_60_percent_resumes_and_sends_less_than_half_again(
     assert not list(landed.glob(".opsflow-resume-*"))  # renamed into place
     with session_scope(sqlite_url) as session:
         assert session.scalars(select(PartialUpload)).all() == []
+
+
+@pytest.mark.parametrize("tampered", [False, True], ids=["intact", "tampered"])
+def test_a_recorded_prefix_is_checked_before_it_is_appended_to(
+        sqlite_url: str, sshd: Sshd, sftp_root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, tampered: bool) -> None:
+    from opsflow.store import sessions
+    from opsflow.transfer import files
+    from opsflow.transfer.partials import RecordPartials
+    from tests.test_transfer_support import sftp_settings
+
+    monkeypatch.setattr(files, "RESUMABLE_FROM", MIB)
+    source = tmp_path / "source"
+    (source / "raw").mkdir(parents=True)
+    data = os.urandom(3 * MIB)
+    (source / "raw" / "big.bin").write_bytes(data)
+    with session_scope(sqlite_url) as session:
+        catalogue_experiment(session, "61", source, owners=["a@example.org"])
+    # What an interrupted attempt leaves: a partial file with 2 MiB, recorded as confirmed.
+    partials = RecordPartials(sessions(sqlite_url), "monash")
+    partial = partials.begin("tardis.61/raw/big.bin", len(data),
+                             hashlib.sha256(data).hexdigest())
+    left = bytearray(data[:2 * MIB])
+    if tampered:
+        left[12345] ^= 0xFF  # the site's disk (or someone) changed a byte of the prefix
+    (sftp_root / "tardis.61" / "raw").mkdir(parents=True)
+    (sftp_root / partial.temp).write_bytes(bytes(left))
+    partials.checkpoint("tardis.61/raw/big.bin", 2 * MIB, hashlib.sha256(data[:2 * MIB]).hexdigest())
+
+    transport = SftpTransport(sftp_settings(sshd), str(sftp_root))
+    try:
+        with session_scope(sqlite_url) as session:
+            report = transfer_experiment_files(session, "tardis.61", "tardis.61", transport,
+                                               site="monash")
+    finally:
+        transport.close()
+    if tampered:
+        assert report.resumed == {} and report.bytes_sent == len(data)  # started over
+    else:
+        assert report.resumed == {"raw/big.bin": 2 * MIB} and report.bytes_sent == MIB
+    assert (sftp_root / "tardis.61" / "raw" / "big.bin").read_bytes() == data
+    assert not (sftp_root / partial.temp).exists()
+    assert partials.find("tardis.61/raw/big.bin") is None
+
+
+def test_a_partial_upload_of_an_older_catalogue_is_dropped(
+        sqlite_url: str, sshd: Sshd, sftp_root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from opsflow.store import sessions
+    from opsflow.transfer import files
+    from opsflow.transfer.partials import RecordPartials
+    from tests.test_transfer_support import sftp_settings
+
+    monkeypatch.setattr(files, "RESUMABLE_FROM", MIB)
+    source = tmp_path / "source"
+    (source / "raw").mkdir(parents=True)
+    old, new = os.urandom(2 * MIB), os.urandom(2 * MIB)
+    (source / "raw" / "big.bin").write_bytes(new)
+    with session_scope(sqlite_url) as session:
+        catalogue_experiment(session, "62", source, owners=["a@example.org"])
+    partials = RecordPartials(sessions(sqlite_url), "monash")
+    partial = partials.begin("tardis.62/raw/big.bin", len(old), hashlib.sha256(old).hexdigest())
+    (sftp_root / "tardis.62" / "raw").mkdir(parents=True)
+    (sftp_root / partial.temp).write_bytes(old[:MIB])
+    partials.checkpoint("tardis.62/raw/big.bin", MIB, hashlib.sha256(old[:MIB]).hexdigest())
+
+    transport = SftpTransport(sftp_settings(sshd), str(sftp_root))
+    try:
+        with session_scope(sqlite_url) as session:
+            report = transfer_experiment_files(session, "tardis.62", "tardis.62", transport,
+                                               site="monash")
+    finally:
+        transport.close()
+    assert report.resumed == {} and report.sent == ["raw/big.bin"]
+    assert (sftp_root / "tardis.62" / "raw" / "big.bin").read_bytes() == new
+    assert sorted(p.name for p in (sftp_root / "tardis.62" / "raw").iterdir()) == ["big.bin"]
