@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 CHECKPOINT_BYTES = 16 * 1024 * 1024  # confirmed bytes between two records of progress
 IN_FLIGHT = 64  # write requests awaiting their reply (about 16 MiB at OpenSSH's 255 KiB)
-READ_CHUNK = 256 * 1024
-READ_DEPTH = 16
+READ_CHUNK = 255 * 1024  # OpenSSH's largest read: a larger one comes back short
+READ_DEPTH = 32
 
 
 class ConnectionSlots:
