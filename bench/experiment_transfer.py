@@ -101,6 +101,16 @@ class Transfers:
         if report.skipped or report.failed:
             raise SystemExit(f"opsflow: unexpected {report.summary()}")
 
+    def opsflow_batched(self, dest: Path) -> None:
+        """The large files through the batched path too, as before resumable puts."""
+        from opsflow.transfer import files
+
+        resumable_from, files.RESUMABLE_FROM = files.RESUMABLE_FROM, 1 << 62
+        try:
+            self.opsflow(dest)
+        finally:
+            files.RESUMABLE_FROM = resumable_from
+
     def rsync(self, dest: Path) -> None:
         subprocess.run(["rsync", "-a", "-e", self.ssh, f"{self.source}/",
                         f"{self.sshd.user}@127.0.0.1:{dest}/"], check=True)
@@ -147,6 +157,8 @@ def bench_transfer(work: Path, sshd: Sshd, args: argparse.Namespace) -> None:
         "rsync": transfers.rsync, "opsflow": transfers.opsflow, "rclone": transfers.rclone}
     if args.no_rclone:
         del tools["rclone"]
+    if args.batched:
+        tools["opsflow-batched"] = transfers.opsflow_batched
     speeds: dict[str, list[float]] = {name: [] for name in tools}
     for round_number in range(1, args.rounds + 1):
         print(f"round {round_number} of {args.rounds}", flush=True)
@@ -360,6 +372,8 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=10_000)
     parser.add_argument("--resume-mib", type=int, default=1024)
     parser.add_argument("--no-rclone", action="store_true", help="rsync and opsflow only")
+    parser.add_argument("--batched", action="store_true",
+                        help="also opsflow with the large files on the batched path")
     parser.add_argument("--only", choices=["transfer", "resume", "tick"], default=None)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="opsflow-bench-transfer-"))

@@ -7,14 +7,16 @@ reads the prefix back, checks its hash, and appends from there: what crosses the
 at most one checkpoint's worth. The whole file's sha256 (the read-back prefix, then the bytes
 appended) must equal the expected one before the partial file is renamed into place.
 
-OpenSSH's sftp-server has no hashing extension, so the prefix is verified by reading it back:
-reading is the cheap direction, and the bytes sent again are what an interruption costs.
+OpenSSH's sftp-server has no hashing extension, so the site's prefix is verified by reading
+it back, in parallel with the append (reading is the other direction of the link), and the
+local prefix is hashed again from disk to carry the whole file's sha256 on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import posixpath
 import threading
 from collections import deque
@@ -26,7 +28,8 @@ from opsflow.transports.base import Checkpoint, ResumedPut, SendResult, Upload
 if TYPE_CHECKING:
     from opsflow.transports.sftp import SftpTransport
 
-CHECKPOINT_BYTES = 16 * 1024 * 1024  # confirmed bytes between two records of progress
+CHECKPOINT_BYTES = 64 * 1024 * 1024  # confirmed bytes between two records of progress (a lost
+# connection records the last confirmed byte as well; this bounds what a killed process loses)
 IN_FLIGHT = 64  # write requests awaiting their reply (about 16 MiB at OpenSSH's 255 KiB)
 READ_CHUNK = 255 * 1024  # OpenSSH's largest read: a larger one comes back short
 READ_DEPTH = 32
@@ -158,26 +161,73 @@ def append_from(wire: w.Wire, temp: str, upload: Upload, offset: int, digest: ha
     return position - offset, None
 
 
+class PrefixCheck(threading.Thread):
+    """Reads the site's copy of the prefix back and hashes it, while the rest of the file goes
+    out on the same session: the check costs no time of its own when the link is full-duplex."""
+
+    def __init__(self, wire: w.Wire, remote: str, length: int, expected: str) -> None:
+        super().__init__(name="sftp-prefix-check", daemon=True)
+        self.wire, self.remote, self.length, self.expected = wire, remote, length, expected
+        self.matches = False
+
+    def run(self) -> None:
+        digest = hashlib.sha256()
+        try:
+            read = read_prefix(self.wire, self.remote, self.length, digest)
+        except (w.WireClosed, w.WireTimeout, w.Status):
+            return  # the append meets the same loss and says so
+        self.matches = read == self.length and digest.hexdigest() == self.expected
+
+
+def local_prefix(path: str | os.PathLike[str], length: int, digest: hashlib._Hash) -> int:
+    """Hash the first `length` bytes of the local file into `digest`; returns how many."""
+    done = 0
+    with open(path, "rb", buffering=0) as source:
+        while done < length and (chunk := source.read(min(4 * 1024 * 1024, length - done))):
+            digest.update(chunk)
+            done += len(chunk)
+    return done
+
+
 def put_resumable(transport: SftpTransport, wire: w.Wire, upload: Upload, temp: str, *,
                   expected_sha256: str, resume_from: int, prefix_sha256: str | None,
                   on_checkpoint: Checkpoint | None) -> ResumedPut:
-    """See `ResumablePut.put_resumable`; `temp` and `upload.path` are relative to the base."""
+    """See `ResumablePut.put_resumable`; `temp` and `upload.path` are relative to the base.
+
+    Resuming, the local file's prefix must still hash to the recorded `prefix_sha256` (else
+    the source changed: start over), and the site's copy is read back and must hash to it
+    too (else the partial file changed on the site: write it all again). So the whole
+    file's sha256, checked before the rename, is that of the bytes on the site."""
     remote = transport._remote(upload.path)
     remote_temp = transport._remote(temp)
     transport.makedirs_remote(wire, posixpath.dirname(remote), posixpath.dirname(remote_temp))
     digest = hashlib.sha256()
     offset = 0
+    check: PrefixCheck | None = None
     if resume_from > 0 and prefix_sha256:
         attrs = wire.stat(remote_temp)
         if attrs is not None and (attrs.size or 0) >= resume_from:
-            read = read_prefix(wire, remote_temp, resume_from, digest)
-            if read == resume_from and digest.hexdigest() == prefix_sha256:
-                offset = resume_from
+            with contextlib.suppress(OSError):  # an unreadable source fails below, from 0
+                if (local_prefix(upload.local, resume_from, digest) == resume_from
+                        and digest.hexdigest() == prefix_sha256):
+                    offset = resume_from
+                    check = PrefixCheck(wire, remote_temp, resume_from, prefix_sha256)
+                    check.start()
         if offset == 0:
             digest = hashlib.sha256()  # the prefix is gone or other bytes: start over
     if offset == 0 and on_checkpoint is not None:
         on_checkpoint(0, digest.hexdigest())  # the record no longer promises a prefix
-    sent, error = append_from(wire, remote_temp, upload, offset, digest, on_checkpoint)
+    try:
+        sent, error = append_from(wire, remote_temp, upload, offset, digest, on_checkpoint)
+    finally:
+        if check is not None:
+            check.join()  # bounded: every wait in it times out with the session's timeout
+    if check is not None and not check.matches and error is None:
+        offset, digest = 0, hashlib.sha256()
+        if on_checkpoint is not None:
+            on_checkpoint(0, digest.hexdigest())
+        more, error = append_from(wire, remote_temp, upload, 0, digest, on_checkpoint)
+        sent += more
     sha256 = digest.hexdigest()
     if error is None and sha256 != expected_sha256:
         error = (f"{upload.path!r} hashes to {sha256} after the transfer, "
