@@ -152,8 +152,7 @@ def test_a_recorded_prefix_is_checked_before_it_is_appended_to(
     finally:
         transport.close()
     if tampered:
-        # found while the rest went out: written again from the start
-        assert report.resumed == {} and report.bytes_sent == len(data) + MIB
+        assert report.resumed == {} and report.bytes_sent == len(data)  # started over
     else:
         assert report.resumed == {"raw/big.bin": 2 * MIB} and report.bytes_sent == MIB
     assert (sftp_root / "tardis.61" / "raw" / "big.bin").read_bytes() == data
@@ -192,3 +191,38 @@ def test_a_partial_upload_of_an_older_catalogue_is_dropped(
     assert report.resumed == {} and report.sent == ["raw/big.bin"]
     assert (sftp_root / "tardis.62" / "raw" / "big.bin").read_bytes() == new
     assert sorted(p.name for p in (sftp_root / "tardis.62" / "raw").iterdir()) == ["big.bin"]
+
+
+@pytest.mark.parametrize("tampered", [False, True], ids=["intact", "tampered"])
+def test_read_back_checks_every_byte_of_the_prefix(sshd: Sshd, sftp_root: Path, tmp_path: Path,
+                                                   tampered: bool) -> None:
+    """A byte changed in the middle of a 6 MiB prefix, where the sampled check may not look:
+    reading it all back finds it, and the file is written again."""
+    from opsflow.transports.base import Upload
+    from tests.test_transfer_support import sftp_settings
+
+    data = os.urandom(8 * MIB)
+    local = tmp_path / "big.bin"
+    local.write_bytes(data)
+    left = bytearray(data[:6 * MIB])
+    if tampered:
+        left[MIB + 7] ^= 0x01
+    (sftp_root / "p").mkdir()
+    (sftp_root / "p" / ".opsflow-resume-x").write_bytes(bytes(left))
+    checkpoints: list[int] = []
+    transport = SftpTransport(sftp_settings(sshd), str(sftp_root))
+    try:
+        put = transport.put_resumable(
+            Upload(local, "p/big.bin"), "p/.opsflow-resume-x",
+            expected_sha256=hashlib.sha256(data).hexdigest(), resume_from=6 * MIB,
+            prefix_sha256=hashlib.sha256(data[:6 * MIB]).hexdigest(),
+            on_checkpoint=lambda length, digest: checkpoints.append(length), read_back=True)
+    finally:
+        transport.close()
+    assert put.result.ok, put.result.error
+    if tampered:
+        assert (put.resumed_from, put.bytes_sent) == (0, 2 * MIB + 8 * MIB)
+        assert 0 in checkpoints  # the record stopped promising the bad prefix
+    else:
+        assert (put.resumed_from, put.bytes_sent) == (6 * MIB, 2 * MIB)
+    assert (sftp_root / "p" / "big.bin").read_bytes() == data

@@ -138,8 +138,9 @@ class ResumablePut(Protocol):
 
     The caller names the temporary file (and keeps the name, its confirmed length and the
     sha256 of that prefix, which `on_checkpoint` reports as the target confirms bytes). The
-    put checks the prefix against `prefix_sha256` before it appends (starting over when it
-    does not match), and renames into place only when the whole file hashes to
+    put checks the prefix against `prefix_sha256` and the target's copy (its size and
+    sampled bytes, or with `read_back` all of it) before it appends, starting over when they
+    do not match, and renames into place only when the whole file hashes to
     `expected_sha256`.
     """
 
@@ -149,7 +150,8 @@ class ResumablePut(Protocol):
 
     def put_resumable(self, upload: Upload, temp: str, *, expected_sha256: str,
                       resume_from: int = 0, prefix_sha256: str | None = None,
-                      on_checkpoint: Checkpoint | None = None) -> ResumedPut:
+                      on_checkpoint: Checkpoint | None = None,
+                      read_back: bool = False) -> ResumedPut:
         ...
 
     def parallel_puts(self) -> int:

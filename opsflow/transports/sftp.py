@@ -759,7 +759,7 @@ class SftpTransport:
 
     def put_resumable(self, upload: Upload, temp: str, *, expected_sha256: str,
                       resume_from: int = 0, prefix_sha256: str | None = None,
-                      on_checkpoint=None):  # type: ignore[no-untyped-def]
+                      on_checkpoint=None, read_back: bool = False):  # type: ignore[no-untyped-def]
         """One large file through a partial file that outlives a lost connection; see
         `ResumablePut`. Puts running at once take one connection each."""
         from opsflow.transports import sftp_resume
@@ -775,6 +775,6 @@ class SftpTransport:
                 return sftp_resume.put_resumable(
                     self, wire, upload, temp, expected_sha256=expected_sha256,
                     resume_from=resume_from, prefix_sha256=prefix_sha256,
-                    on_checkpoint=on_checkpoint)
+                    on_checkpoint=on_checkpoint, read_back=read_back)
 
             return self._call(run)

@@ -7,9 +7,9 @@ reads the prefix back, checks its hash, and appends from there: what crosses the
 at most one checkpoint's worth. The whole file's sha256 (the read-back prefix, then the bytes
 appended) must equal the expected one before the partial file is renamed into place.
 
-OpenSSH's sftp-server has no hashing extension, so the site's prefix is verified by reading
-it back, in parallel with the append (reading is the other direction of the link), and the
-local prefix is hashed again from disk to carry the whole file's sha256 on.
+OpenSSH's sftp-server has no hashing extension. The recorded prefix hash is checked against the
+local file (hashed again from disk, which carries the whole file's sha256 on), and the site's
+copy by size and by comparing sampled blocks, or, with `read_back`, by reading all of it back.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ CHECKPOINT_BYTES = 64 * 1024 * 1024  # confirmed bytes between two records of pr
 IN_FLIGHT = 64  # write requests awaiting their reply (about 16 MiB at OpenSSH's 255 KiB)
 READ_CHUNK = 255 * 1024  # OpenSSH's largest read: a larger one comes back short
 READ_DEPTH = 32
+TAIL_SAMPLE = 4 * 1024 * 1024  # the end of a kept prefix, compared with the local file
+SAMPLES, SAMPLE_BYTES = 16, 64 * 1024  # and blocks spread over the rest of it
 
 
 class ConnectionSlots:
@@ -179,6 +181,44 @@ class PrefixCheck(threading.Thread):
         self.matches = read == self.length and digest.hexdigest() == self.expected
 
 
+def sample_ranges(length: int) -> list[tuple[int, int]]:
+    """Where the site's prefix is compared with the local file: its last `TAIL_SAMPLE`
+    bytes (where a crash leaves a torn write) and `SAMPLES` blocks spread over the rest."""
+    tail = min(length, TAIL_SAMPLE)
+    ranges = [(length - tail, tail)]
+    for index in range(SAMPLES):
+        start = index * (length - tail) // SAMPLES
+        size = min(SAMPLE_BYTES, length - tail - start)
+        if size > 0:
+            ranges.append((start, size))
+    return ranges
+
+
+def samples_match(wire: w.Wire, remote: str, local: str | os.PathLike[str], length: int) -> bool:
+    """Whether the site's partial file holds the local file's bytes at the sample ranges."""
+    handle = wire.handle_of(wire.call(
+        w.OPEN, w.pack_string(w.encode_path(remote)) + w._u32.pack(w.FXF_READ) + w.pack_attrs()))
+    try:
+        pieces = [(start + at, min(READ_CHUNK, size - at))
+                  for start, size in sample_ranges(length) for at in range(0, size, READ_CHUNK)]
+        asked = [(offset, size, wire._read_request(handle, offset, size))
+                 for offset, size in pieces]
+        with open(local, "rb", buffering=0) as source:
+            for offset, size, request_id in asked:
+                reply = wire.wait(request_id)
+                data = reply.body.string() if reply.kind == w.DATA else b""
+                while 0 < len(data) < size:  # a short read: the rest, in order
+                    data += b"".join(wire._read_rest(handle, offset + len(data), offset + size))
+                    if len(data) < size:
+                        break
+                if data != os.pread(source.fileno(), size, offset):
+                    return False
+        return True
+    finally:
+        with contextlib.suppress(w.WireClosed, w.WireTimeout):
+            wire.wait(wire.request(w.CLOSE, w.pack_string(handle)))
+
+
 def local_prefix(path: str | os.PathLike[str], length: int, digest: hashlib._Hash) -> int:
     """Hash the first `length` bytes of the local file into `digest`; returns how many."""
     done = 0
@@ -191,13 +231,22 @@ def local_prefix(path: str | os.PathLike[str], length: int, digest: hashlib._Has
 
 def put_resumable(transport: SftpTransport, wire: w.Wire, upload: Upload, temp: str, *,
                   expected_sha256: str, resume_from: int, prefix_sha256: str | None,
-                  on_checkpoint: Checkpoint | None) -> ResumedPut:
+                  on_checkpoint: Checkpoint | None, read_back: bool = False) -> ResumedPut:
     """See `ResumablePut.put_resumable`; `temp` and `upload.path` are relative to the base.
 
-    Resuming, the local file's prefix must still hash to the recorded `prefix_sha256` (else
-    the source changed: start over), and the site's copy is read back and must hash to it
-    too (else the partial file changed on the site: write it all again). So the whole
-    file's sha256, checked before the rename, is that of the bytes on the site."""
+    Resuming, the local file's prefix must still hash to the recorded `prefix_sha256` (the
+    hash of the bytes the site confirmed; else the source changed: start over), and the
+    site's partial file must be at least that long and hold the same bytes where they are
+    compared: at its end, where a crash tears a write, and at blocks spread over it (else
+    start over). With `read_back`, the whole prefix is read back instead, in parallel with
+    the append, and must hash to `prefix_sha256` (else it is all written again). The whole
+    file's sha256 (the local prefix, then the bytes sent) is checked before the rename; the
+    consumer's integrity check reads every byte back afterwards in any case.
+
+    Reading the whole prefix back costs about what sending it again does on a busy machine
+    (measured: a 1 GiB resume took 2.5 times rsync's `--append-verify`), which is what the
+    sampled check avoids.
+    """
     remote = transport._remote(upload.path)
     remote_temp = transport._remote(temp)
     transport.makedirs_remote(wire, posixpath.dirname(remote), posixpath.dirname(remote_temp))
@@ -210,9 +259,12 @@ def put_resumable(transport: SftpTransport, wire: w.Wire, upload: Upload, temp: 
             with contextlib.suppress(OSError):  # an unreadable source fails below, from 0
                 if (local_prefix(upload.local, resume_from, digest) == resume_from
                         and digest.hexdigest() == prefix_sha256):
-                    offset = resume_from
-                    check = PrefixCheck(wire, remote_temp, resume_from, prefix_sha256)
-                    check.start()
+                    if read_back:
+                        offset = resume_from
+                        check = PrefixCheck(wire, remote_temp, resume_from, prefix_sha256)
+                        check.start()
+                    elif samples_match(wire, remote_temp, upload.local, resume_from):
+                        offset = resume_from
         if offset == 0:
             digest = hashlib.sha256()  # the prefix is gone or other bytes: start over
     if offset == 0 and on_checkpoint is not None:
