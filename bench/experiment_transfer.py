@@ -53,7 +53,7 @@ from opsflow.transfer.records import SyncedExperiment  # noqa: E402
 from opsflow.transfer.sites import RecordSiteManager, add_site  # noqa: E402
 from opsflow.transfer.states import RetryPolicy, Tick, advance_due  # noqa: E402
 from opsflow.transports.sftp import SftpSettings, SftpTransport  # noqa: E402
-from tests.support.relay import CountingRelay, stop_sshd_by_pid  # noqa: E402
+from tests.support.relay import RelayProcess, stop_sshd_by_pid  # noqa: E402
 from tests.support.servers import Sshd  # noqa: E402
 
 
@@ -215,7 +215,7 @@ def partial_on_server(folder: Path, name: str) -> int:
     return (folder / name).stat().st_size if (folder / name).exists() else 0
 
 
-def bench_resume(work: Path, mib: int) -> None:
+def bench_resume(work: Path, mib: int, rounds: int) -> None:
     """Cut at 60%, start again: bytes re-sent and time to complete, opsflow and rsync."""
     import hashlib
     import threading
@@ -232,7 +232,7 @@ def bench_resume(work: Path, mib: int) -> None:
     want = hashlib.sha256(big.read_bytes()).hexdigest()
     sshd = Sshd(work / "sshd-resume")
     sshd.start()
-    relay = CountingRelay(sshd.port)
+    relay = RelayProcess(sshd.port)
     known_hosts = work / "known_hosts_relay"
     known_hosts.write_text(f"[127.0.0.1]:{relay.port} {sshd.host_public_key}\n")
     ssh = (f"ssh -F /dev/null -p {relay.port} -i {sshd.client_key_path} -o IdentitiesOnly=yes "
@@ -241,9 +241,9 @@ def bench_resume(work: Path, mib: int) -> None:
                             known_hosts=f"[127.0.0.1]:{relay.port} {sshd.host_public_key}",
                             private_key=sshd.client_key_path.read_text())
     remote = work / "remote-resume"
-    figures: dict[str, tuple[float, int, int, float]] = {}
+    figures: dict[str, list[tuple[float, int, int, float]]] = {"opsflow": [], "rsync": []}
     try:
-        for tool in ("opsflow", "rsync"):
+        for tool in [t for _ in range(rounds) for t in ("opsflow", "rsync")]:
             dest = remote / tool
             folder = dest / "raw"
 
@@ -289,7 +289,7 @@ def bench_resume(work: Path, mib: int) -> None:
             if got != want:
                 raise SystemExit(f"{tool}: the resumed file is not the source file")
             resent = max(0, received - (size - kept))
-            figures[tool] = (seconds, received, resent, first_seconds)
+            figures[tool].append((seconds, received, resent, first_seconds))
             print(f"  {tool:8} cut at {kept / size:.0%} of {size / 2**20:.0f} MiB after "
                   f"{first_seconds:.1f} s; second attempt {seconds:.2f} s, server received "
                   f"{received / 1e6:,.1f} MB ({received / size:.1%} of the file), re-sent "
@@ -298,8 +298,9 @@ def bench_resume(work: Path, mib: int) -> None:
     finally:
         relay.close()
         sshd.stop()
-    ours, peer = figures["opsflow"], figures["rsync"]
-    print(f"\nresume of {size / 2**20:.0f} MiB cut at 60% (load average "
+    ours, peer = ([statistics.median(column) for column in zip(*figures[tool], strict=True)]
+                  for tool in ("opsflow", "rsync"))
+    print(f"\nresume of {size / 2**20:.0f} MiB cut at 60%, medians of {rounds} (load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores):")
     print(f"  time to complete after the cut: opsflow {ours[0]:.2f} s, rsync {peer[0]:.2f} s "
           f"({peer[0] / ours[0]:.2f} x faster than rsync)")
@@ -383,7 +384,7 @@ def main() -> None:
             sshd.start()
             bench_transfer(work, sshd, args)
         if args.only in (None, "resume"):
-            bench_resume(work, args.resume_mib)
+            bench_resume(work, args.resume_mib, args.rounds)
         if args.only in (None, "tick"):
             bench_tick(work, args.experiments)
     finally:

@@ -3,10 +3,13 @@ an sshd that counts what reaches the server, and stopping the sshd with its sess
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import socket
 import threading
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from tests.support.servers import Sshd, free_port
@@ -16,11 +19,11 @@ class CountingRelay:
     """A TCP relay in front of the sshd that counts the bytes going to the server: what the
     server received, whatever the client believes it sent."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, port: int | None = None,
+                 counter: Synchronized[int] | None = None) -> None:
         self.upstream_port = upstream_port
-        self.port = free_port()
-        self.to_server = 0
-        self.lock = threading.Lock()
+        self.port = port or free_port()
+        self.counter = counter if counter is not None else multiprocessing.Value("q", 0)
         self.listener = socket.create_server(("127.0.0.1", self.port))
         self.sockets: list[socket.socket] = [self.listener]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -46,8 +49,8 @@ class CountingRelay:
             while data := source.recv(256 * 1024):
                 target.sendall(data)
                 if upstream:
-                    with self.lock:
-                        self.to_server += len(data)
+                    with self.counter.get_lock():
+                        self.counter.value += len(data)
         except OSError:
             pass
         finally:
@@ -57,9 +60,53 @@ class CountingRelay:
                 except OSError:
                     pass
 
+    @property
+    def to_server(self) -> int:
+        return int(self.counter.value)
+
+    @to_server.setter
+    def to_server(self, value: int) -> None:
+        self.counter.value = value
+
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
+
+
+def _serve_relay(upstream_port: int, port: int, counter: Synchronized[int],
+                 ready: Event) -> None:
+    CountingRelay(upstream_port, port, counter)
+    ready.set()
+    threading.Event().wait()  # until the parent terminates this process
+
+
+class RelayProcess:
+    """The counting relay in a process of its own, so that its copying does not share the
+    measured client's interpreter (a bench measures a Python client against rsync)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.port = free_port()
+        self.counter: Synchronized[int] = multiprocessing.Value("q", 0)
+        ready = multiprocessing.Event()
+        self.process = multiprocessing.Process(
+            target=_serve_relay, args=(upstream_port, self.port, self.counter, ready),
+            daemon=True)
+        self.process.start()
+        if not ready.wait(30):
+            self.close()
+            raise RuntimeError("the relay process did not start in 30 s")
+
+    @property
+    def to_server(self) -> int:
+        return int(self.counter.value)
+
+    @to_server.setter
+    def to_server(self, value: int) -> None:
+        self.counter.value = value
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.join(timeout=10)
 
 
 def descendants(pid: int) -> list[int]:
