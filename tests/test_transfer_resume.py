@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -226,3 +227,73 @@ def test_read_back_checks_every_byte_of_the_prefix(sshd: Sshd, sftp_root: Path, 
     else:
         assert (put.resumed_from, put.bytes_sent) == (6 * MIB, 2 * MIB)
     assert (sftp_root / "p" / "big.bin").read_bytes() == data
+
+
+PROVIDER_RUN = """
+import sys
+from opsflow.store import session_scope
+from opsflow.transfer.provider import transfer_experiment_files
+from opsflow.transports.sftp import SftpSettings, SftpTransport
+
+url, port, user, known, key, base = sys.argv[1:]
+settings = SftpSettings(host="127.0.0.1", port=int(port), username=user, known_hosts=known,
+                        private_key=open(key).read())
+with session_scope(url) as session:
+    transfer_experiment_files(session, "tardis.63", "tardis.63", SftpTransport(settings, base),
+                              site="monash")
+"""
+
+
+def test_a_provider_killed_mid_file_resumes_from_its_last_checkpoint(
+        sqlite_url: str, sshd: Sshd, sftp_root: Path, tmp_path: Path) -> None:
+    """kill -9 of the provider: no chance to record the last confirmed byte, so the next run
+    resumes from the last checkpoint the record holds."""
+    import subprocess
+    import sys
+
+    from opsflow.transports.sftp_resume import CHECKPOINT_BYTES
+    from tests.test_transfer_support import sftp_settings
+
+    size = 3 * CHECKPOINT_BYTES
+    source = tmp_path / "source"
+    (source / "raw").mkdir(parents=True)
+    big = source / "raw" / "big.bin"
+    with open(big, "wb") as handle:
+        for _ in range(size // (8 * MIB)):
+            handle.write(os.urandom(8 * MIB))
+    with session_scope(sqlite_url) as session:
+        catalogue_experiment(session, "63", source, owners=["a@example.org"])
+    process = subprocess.Popen(
+        [sys.executable, "-c", PROVIDER_RUN, sqlite_url, str(sshd.port), sshd.user,
+         sshd.known_hosts_line, str(sshd.client_key_path), str(sftp_root)],
+        start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        give_up = time.monotonic() + 120
+        while True:
+            with session_scope(sqlite_url) as session:
+                record = session.scalars(select(PartialUpload)).first()
+                kept = record.verified_length if record else 0
+            if kept >= CHECKPOINT_BYTES:
+                break
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < give_up, "no checkpoint recorded in 120 s"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)  # the provider and its ssh
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    with session_scope(sqlite_url) as session:
+        kept = session.scalars(select(PartialUpload)).one().verified_length
+    assert CHECKPOINT_BYTES <= kept < size  # a checkpoint, not the last byte confirmed
+
+    transport = SftpTransport(sftp_settings(sshd), str(sftp_root))
+    try:
+        with session_scope(sqlite_url) as session:
+            report = transfer_experiment_files(session, "tardis.63", "tardis.63", transport,
+                                               site="monash")
+    finally:
+        transport.close()
+    assert report.resumed == {"raw/big.bin": kept} and report.bytes_sent == size - kept
+    assert sha256_of(sftp_root / "tardis.63" / "raw" / "big.bin") == sha256_of(big)
