@@ -2,10 +2,11 @@
 
 A plain `send` writes a file under a fresh temporary name and a later run sweeps what a cut-off
 run left. Here the caller names the partial file and keeps, in its record store, how many
-bytes the server confirmed and the sha256 of that prefix (`on_checkpoint`). The next attempt
-reads the prefix back, checks its hash, and appends from there: what crosses the link again is
-at most one checkpoint's worth. The whole file's sha256 (the read-back prefix, then the bytes
-appended) must equal the expected one before the partial file is renamed into place.
+bytes the server confirmed and the sha256 of that prefix (`on_checkpoint`; on a lost
+connection, the last confirmed byte). The next attempt checks the prefix and appends from
+there: what crosses the link again is what the server had not confirmed. The whole file's
+sha256 (the checked prefix, then the bytes appended) must equal the expected one before the
+partial file is renamed into place.
 
 OpenSSH's sftp-server has no hashing extension. The recorded prefix hash is checked against the
 local file (hashed again from disk, which carries the whole file's sha256 on), and the site's
