@@ -30,17 +30,19 @@ from opsflow.settings import get_settings
 from opsflow.store import session_scope, sessions, utcnow
 from opsflow.transfer.client import (
     InProcessTransferClient,
+    PermanentTransferError,
     Phase,
     ProviderUnavailable,
     RunStatus,
     TransferClient,
     TransferRequest,
 )
-from opsflow.transfer.consumer import restart_experiment
+from opsflow.transfer.consumer import catalogue_in_store, restart_experiment
 from opsflow.transfer.provider import provider_run, register_experiment, transfer_experiment_files
 from opsflow.transfer.records import StateName
 from opsflow.transfer.sites import RecordSiteManager, Site
 from opsflow.transfer.states import RetryPolicy, Tick, advance_claimed, claim_due, due_count
+from opsflow.transfer.status import restart_line
 from opsflow.transports.base import Transport
 
 PROVIDER_DEPLOYMENT = "transfer-experiment-files/provider"
@@ -136,12 +138,11 @@ def transfer_experiment_files_flow(uid: str, destination: str, site: str,
         with session_scope(url) as session:
             found = RecordSiteManager(session).get(site)
             if found is None:
-                from opsflow.transfer.client import PermanentTransferError
-
                 raise PermanentTransferError(f"site {site!r} is not registered")
             transport = open_site_storage(found)
             try:
-                report = transfer_experiment_files(session, uid, destination, transport)
+                report = transfer_experiment_files(session, uid, destination, transport,
+                                                   site=site)
             finally:
                 transport.close()
         report_table("transfer-experiment-files", f"{uid} to {site}: {report.summary()}", [
@@ -231,17 +232,21 @@ def broadcast_experiment(epn: str, to: Literal["all", "owners"] = "all",
 
 
 @flow(name="restart-transfer")
-def restart_transfer(uid: str, site: str | None = None,
-                     database_url: str | None = None) -> list[str]:
-    """Send a failed experiment back to Ingested with its original destination."""
+def restart_transfer(uid: str, site: str | None = None, database_url: str | None = None,
+                     provider_database_url: str | None = None) -> list[str]:
+    """Send a failed experiment back to Ingested with its original destination and the
+    provider's current catalogue (read from `provider_database_url`, or from the consumer's
+    store when the provider shares it); reports what the catalogue changed."""
     with job_slot():
         url = database_url or get_settings().database_url
+        catalogue = catalogue_in_store(provider_database_url, uid) if provider_database_url else None
         with session_scope(url) as session:
-            rows = restart_experiment(session, uid, site=site)
-            names = [r.site for r in rows]
+            restarted = restart_experiment(session, uid, site=site, catalogue=catalogue)
+            lines = [restart_line(r) for r in restarted]
+            names = [r.experiment.site for r in restarted]
         report_markdown("restart-transfer", f"{uid} restarted at {len(names)} site(s)",
-                        f"**{uid}** back to {StateName.INGESTED} at: "
-                        f"{', '.join(names) or 'no site'}")
-        get_run_logger().info("%s restarted at %s (state %s)", uid, ", ".join(names),
-                              StateName.INGESTED)
+                        "\n".join(f"- {line}" for line in lines))
+        for line in lines:
+            get_run_logger().info("%s", line)
         return names
+

@@ -44,7 +44,11 @@ def test_broadcast_status_and_restart_from_the_command_line(
     assert main(["transfer", "restart", "tardis.42"]) == 0
     assert "tardis.42 at uq: back to Ingested, destination tardis.42" in capsys.readouterr().out
     assert main(["transfer", "status", "tardis.42"]) == 0
-    assert capsys.readouterr().out.count("Ingested") == 2
+    out = capsys.readouterr().out
+    assert out.count("\tIngested\t") == 2  # one line per site, then its attempts
+    assert "  attempt 2, from " in out and "catalogue unchanged" in out
+    assert main(["transfer", "status", "tardis.9"]) == 1
+    assert "no such experiment 'tardis.9'" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_clear_line(cli_store: str, tmp_path: Path,

@@ -26,7 +26,7 @@ from opsflow.delivery.records import OutgoingMail
 from opsflow.store import session_scope, sessions, utcnow
 from opsflow.transfer.client import Phase, TransferRequest
 from opsflow.transfer.provider import catalogue_experiment
-from opsflow.transfer.records import SyncedExperiment
+from opsflow.transfer.records import SyncedExperiment, TransferTransition
 from opsflow.transfer.sites import RecordSiteManager, add_site
 from opsflow.transfer.states import RetryPolicy, Tick, advance_due
 from tests.support.servers import Sshd
@@ -116,14 +116,24 @@ def test_a_provider_that_cannot_ever_transfer_fails_permanently(two_sites: str) 
     assert "tardis.404" in status.message
 
 
-def test_restart_flow_sends_a_failed_experiment_back(two_sites: str) -> None:
+def test_restart_flow_sends_a_failed_experiment_back(two_sites: str, tmp_path: Path) -> None:
     url = two_sites
     broadcast_experiment("555", to="owners", database_url=url)
     with session_scope(url) as session:
         exp = session.scalars(select(SyncedExperiment)).one()
         exp.state, exp.last_error = "FailPermanent", "deadline passed"
-    assert restart_transfer("tardis.555", database_url=url) == ["uq"]
+        # the provider fixed a file and catalogued the experiment again
+        (tmp_path / "source" / "raw" / "large-000.bin").write_bytes(b"fixed" * 1000)
+        catalogue_experiment(session, "555", tmp_path / "source", title="Beamline",
+                             owners=["carol@uq.example"])
+    assert restart_transfer("tardis.555", database_url=url,
+                            provider_database_url=url) == ["uq"]
     assert states(url) == {"uq": "Ingested"}
+    with session_scope(url) as session:
+        [restart] = [s for s in session.scalars(select(TransferTransition))
+                     if s.from_state == "FailPermanent"]
+    assert restart.reason.endswith("catalogue changed: 1 changed (raw/large-000.bin)")
+    # the integrity check compares with the new catalogue: the fixed file passes
     assert advance_transfers(client="in-process", database_url=url) == {"Complete": 1}
 
 

@@ -14,15 +14,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sqlalchemy import select
-
 from opsflow.settings import get_settings
 from opsflow.store import session_scope
 from opsflow.transfer.client import PermanentTransferError
-from opsflow.transfer.consumer import RestartRefused, restart_experiment
+from opsflow.transfer.consumer import RestartRefused
 from opsflow.transfer.provider import catalogue_experiment, register_experiment
-from opsflow.transfer.records import SyncedExperiment
 from opsflow.transfer.sites import RecordSiteManager, add_site
+from opsflow.transfer.status import restart_lines, status_lines
 
 USAGE = __doc__.split("\n\n")[1]
 WORDS = ("restart", "catalogue", "site", "status")
@@ -94,8 +92,7 @@ def _broadcast(session, options) -> int:  # type: ignore[no-untyped-def]
 
 
 def _restart(session, options) -> int:  # type: ignore[no-untyped-def]
-    for row in restart_experiment(session, options.uid, site=options.site):
-        print(f"{row.uid} at {row.site}: back to {row.state}, destination {row.destination}")
+    print("\n".join(restart_lines(session, options.uid, site=options.site)))
     return 0
 
 
@@ -115,12 +112,7 @@ def _site(session, options) -> int:  # type: ignore[no-untyped-def]
 
 
 def _status(session, options) -> int:  # type: ignore[no-untyped-def]
-    query = select(SyncedExperiment).order_by(SyncedExperiment.uid, SyncedExperiment.site)
-    if options.uid:
-        query = query.where(SyncedExperiment.uid == options.uid)
-    for row in session.scalars(query):
-        error = f"  ({row.last_error})" if row.last_error else ""
-        print(f"{row.uid}\t{row.site}\t{row.state}\tattempts {row.attempts}{error}")
+    print("\n".join(status_lines(session, options.uid)))
     return 0
 
 

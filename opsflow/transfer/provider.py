@@ -9,11 +9,12 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from opsflow.store import utcnow
 from opsflow.transfer.client import PermanentTransferError, TransferRequest
 from opsflow.transfer.files import CopyReport, Datafile, copy_datafiles
+from opsflow.transfer.partials import RecordPartials
 from opsflow.transfer.records import (
     ProviderDatafile,
     ProviderExperiment,
@@ -118,10 +119,11 @@ def register_experiment(session: Session, epn: str, sites: SiteManager, *,
 
 
 def transfer_experiment_files(session: Session, uid: str, destination: str,
-                              transport: Transport) -> CopyReport:
+                              transport: Transport, *, site: str = "") -> CopyReport:
     """Copy the experiment's datafiles to `destination` on the site's storage.
 
-    Files already there with the same sha256 are skipped. Raises PermanentTransferError when
+    Files already there with the same sha256 are skipped; a large file whose upload to
+    `site` was cut off resumes from its recorded partial file. Raises PermanentTransferError when
     the experiment or its files are gone, TransportUnavailable (temporary) when the site's
     storage cannot be reached, and RuntimeError naming the files that failed.
     """
@@ -132,7 +134,8 @@ def transfer_experiment_files(session: Session, uid: str, destination: str,
     if missing:
         raise PermanentTransferError(
             f"{uid}: {len(missing)} datafile(s) gone from {root}, first {missing[0]!r}")
-    report = copy_datafiles(transport, root, destination, files)
+    partials = RecordPartials(sessionmaker(bind=session.get_bind()), site)
+    report = copy_datafiles(transport, root, destination, files, partials)
     if report.failed:
         raise RuntimeError(f"{uid}: {report.summary()}")
     return report
@@ -148,7 +151,7 @@ def provider_run(open_storage: Callable[[Site], Transport]) -> Callable[[Session
         transport = open_storage(site)
         try:
             report = transfer_experiment_files(session, request.uid, request.destination,
-                                               transport)
+                                               transport, site=request.site)
         finally:
             transport.close()
         return report.summary()

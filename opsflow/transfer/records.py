@@ -117,3 +117,25 @@ class TransferTransition(Base):
     to_state: Mapped[str] = mapped_column(String(30))
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PartialUpload(Base):
+    """A large datafile's upload under way on a site: the partial file on the site's storage
+    (a name only this record knows, so nothing else deletes it and nothing deletes anything
+    else), how many bytes the site confirmed, and the sha256 of those bytes. The next attempt
+    checks that prefix and appends after it."""
+
+    __tablename__ = "transfer_partial_uploads"
+    __table_args__ = (
+        UniqueConstraint("site", "path", name="uq_transfer_partial_uploads_site_path"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    site: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(Text)  # the datafile's final path on the site's storage
+    temp_path: Mapped[str] = mapped_column(Text)  # the partial file beside it
+    size: Mapped[int] = mapped_column(BigInteger)  # of the whole file, as catalogued
+    sha256: Mapped[str] = mapped_column(String(64))  # of the whole file, as catalogued
+    verified_length: Mapped[int] = mapped_column(BigInteger, default=0)
+    prefix_sha256: Mapped[str] = mapped_column(String(64))  # sha256 of the verified bytes
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

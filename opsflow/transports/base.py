@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import posixpath
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -114,4 +114,47 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None:
+        ...
+
+
+# --- resumable puts (large files that must survive a lost connection) --------------------------
+
+Checkpoint = Callable[[int, str], None]  # (bytes the target has confirmed, sha256 of them)
+
+
+@dataclass(frozen=True)
+class ResumedPut:
+    """What one resumable put did: its result, the offset it resumed from (0: from the
+    start) and the bytes it sent this time."""
+
+    result: SendResult
+    resumed_from: int
+    bytes_sent: int
+
+
+@runtime_checkable
+class ResumablePut(Protocol):
+    """A transport that can put one large file in a partial temporary file that outlives a
+    lost connection, and append to it later from a verified offset.
+
+    The caller names the temporary file (and keeps the name, its confirmed length and the
+    sha256 of that prefix, which `on_checkpoint` reports as the target confirms bytes). The
+    put checks the prefix against `prefix_sha256` and the target's copy (its size and
+    sampled bytes, or with `read_back` all of it) before it appends, starting over when they
+    do not match, and renames into place only when the whole file hashes to
+    `expected_sha256`.
+    """
+
+    def partial_size(self, temp: str) -> int | None:
+        """The size of the partial file `temp`; None when there is none."""
+        ...
+
+    def put_resumable(self, upload: Upload, temp: str, *, expected_sha256: str,
+                      resume_from: int = 0, prefix_sha256: str | None = None,
+                      on_checkpoint: Checkpoint | None = None,
+                      read_back: bool = False) -> ResumedPut:
+        ...
+
+    def parallel_puts(self) -> int:
+        """How many resumable puts may run at once (one per connection)."""
         ...

@@ -758,3 +758,34 @@ class SftpTransport:
             with contextlib.suppress(Exception):
                 wire.close()
         self._broken = self._broken or "closed"
+
+    # --- resumable puts (opsflow.transports.sftp_resume) ---------------------------------
+
+    def partial_size(self, temp: str) -> int | None:
+        entry = self.stat(temp)
+        return None if entry is None or entry.is_dir else entry.size
+
+    def parallel_puts(self) -> int:
+        return max(1, self.settings.connections)
+
+    def put_resumable(self, upload: Upload, temp: str, *, expected_sha256: str,
+                      resume_from: int = 0, prefix_sha256: str | None = None,
+                      on_checkpoint=None, read_back: bool = False):  # type: ignore[no-untyped-def]
+        """One large file through a partial file that outlives a lost connection; see
+        `ResumablePut`. Puts running at once take one connection each."""
+        from opsflow.transports import sftp_resume
+
+        if self._broken:
+            raise TransportUnavailable(f"SFTP to {self.settings.address}: {self._broken}")
+        with self._dirs_lock:
+            if not hasattr(self, "_put_slots"):
+                self._put_slots = sftp_resume.ConnectionSlots(self.parallel_puts())
+        with self._put_slots.take() as index:
+            def run():  # type: ignore[no-untyped-def]
+                wire = self.wire if index == 0 else self._wire(index)
+                return sftp_resume.put_resumable(
+                    self, wire, upload, temp, expected_sha256=expected_sha256,
+                    resume_from=resume_from, prefix_sha256=prefix_sha256,
+                    on_checkpoint=on_checkpoint, read_back=read_back)
+
+            return self._call(run)
