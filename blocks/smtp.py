@@ -12,7 +12,7 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
-from opsflow.delivery.smtp import MailSender, SmtpConfig, open_connection
+from opsflow.mail.smtp import MailSender, SmtpConfig, open_connection
 
 
 class SmtpServer(Block):

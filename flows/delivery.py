@@ -22,8 +22,8 @@ from flows.jobs import job_slot
 from flows.reporting import progress, report_table, row
 from opsflow.claim import claimer_name
 from opsflow.delivery import client, notify, packages, tips
-from opsflow.delivery.outbox import MailPolicy, SendReport, due_count, send_batch
-from opsflow.delivery.smtp import SmtpUnavailable
+from opsflow.mail.outbox import MailPolicy, SendReport, due_count, send_batch
+from opsflow.mail.smtp import SmtpUnavailable
 from opsflow.settings import get_settings
 from opsflow.store import sessions
 from opsflow.transports.base import Transport

@@ -31,8 +31,8 @@ from prefect.exceptions import ObjectNotFound
 
 from flows.jobs import job_slot
 from flows.reporting import Progress, progress, report_table, row
-from opsflow.delivery.outbox import MailPolicy
 from opsflow.license import normalize_steps
+from opsflow.mail.outbox import MailPolicy
 from opsflow.maintenance.cleaning import EXPIRED, UNFINISHED, erase_batch, expired, unfinished
 from opsflow.maintenance.erase import Erased
 from opsflow.maintenance.mail_sweep import (

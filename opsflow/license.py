@@ -21,7 +21,7 @@ from sqlalchemy import Date, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from opsflow.delivery.outbox import enqueue
+from opsflow.mail.outbox import enqueue
 from opsflow.store import Base, BigId, UTCDateTime, utcnow
 
 DEFAULT_WARNING_DAYS = (30, 14, 7, 1)

@@ -14,14 +14,14 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy import func, select
 
 from opsflow.delivery import seed, tips
-from opsflow.delivery.outbox import MailPolicy, enqueue, message_id, send_batch
 from opsflow.delivery.records import (
     MailStatus,
     Notification,
     OutgoingMail,
     ReceiverTip,
 )
-from opsflow.delivery.smtp import MailSender, SmtpConfig
+from opsflow.mail.outbox import MailPolicy, enqueue, message_id, send_batch
+from opsflow.mail.smtp import MailSender, SmtpConfig
 from opsflow.store import session_scope, sessions, utcnow
 from tests.support.servers import RecordingHandler, SmtpServer
 
@@ -175,8 +175,9 @@ def test_smtp_down_backs_off_counts_attempts_gives_up_and_sends_when_back(
         if mail.status == MailStatus.PENDING:
             waits.append((mail.next_attempt_at - t0).total_seconds())
             t0 = mail.next_attempt_at
-    # The waits double; the batch's own clock may add the seconds a loaded machine takes.
-    assert len(waits) == 2 and 60 <= waits[0] < 70 and 120 <= waits[1] < 130, waits
+    # The waits double, plus up to 10% jitter; the batch's own clock may add the seconds a
+    # loaded machine takes.
+    assert len(waits) == 2 and 60 <= waits[0] < 76 and 120 <= waits[1] < 142, waits
     assert mail.status == MailStatus.FAILED and "gave up after 3 attempts" in mail.last_error
     assert tip_markers(store_url) == {Notification.UNABLE: 1}
 

@@ -25,8 +25,8 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
-from opsflow.delivery.backoff import capped_backoff
 from opsflow.delivery.records import Delivery, Receiver, ReceiverTip, SubmissionFile
+from opsflow.mail.backoff import capped_backoff
 from opsflow.store import utcnow
 from opsflow.transports.base import Transport, TransportError, Upload
 from opsflow.transports.local import file_sha256

@@ -15,7 +15,6 @@ from sqlalchemy import String, and_, case, cast, exists, literal, select, update
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
-from opsflow.delivery.outbox import enqueue
 from opsflow.delivery.records import (
     Delivery,
     Notification,
@@ -27,6 +26,7 @@ from opsflow.delivery.records import (
     SubmissionReceiver,
 )
 from opsflow.delivery.texts import tip_mail
+from opsflow.mail.outbox import enqueue
 from opsflow.store import UTCDateTime, utcnow
 
 TIPS = ReceiverTip.__table__

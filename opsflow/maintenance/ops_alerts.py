@@ -20,7 +20,7 @@ from datetime import datetime
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
-from opsflow.delivery.outbox import enqueue
+from opsflow.mail.outbox import enqueue
 from opsflow.maintenance.dialect import insert_for
 from opsflow.maintenance.records import ReportedProblem
 

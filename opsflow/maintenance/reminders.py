@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session
 
-from opsflow.delivery.outbox import enqueue
 from opsflow.delivery.records import Receiver, ReceiverTip, Submission
+from opsflow.mail.outbox import enqueue
 from opsflow.maintenance.dialect import insert_for
 from opsflow.maintenance.records import ExpiryReminder
 

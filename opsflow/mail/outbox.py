@@ -32,10 +32,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch, renew
-from opsflow.delivery.backoff import capped_backoff
 from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
-from opsflow.delivery.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.delivery.texts import digest_subject
+from opsflow.mail.backoff import capped_backoff, with_jitter
+from opsflow.mail.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.store import utcnow
 
 MAILS = OutgoingMail.__table__
@@ -51,10 +51,15 @@ class MailPolicy:
     backoff_max: timedelta = timedelta(hours=6)
     hourly_limit: int = 100  # mails (a digest counts once) per recipient per hour
     lease: timedelta = timedelta(minutes=10)
+    jitter: float = 0.1  # up to 10% more than the backoff, so that mails failed together spread
 
     def backoff(self, attempts: int) -> timedelta:
         """Wait after the `attempts`-th failed attempt: base, 2x base, 4x base ... capped."""
         return capped_backoff(self.backoff_base, self.backoff_max, attempts)
+
+    def retry_wait(self, attempts: int) -> timedelta:
+        """The backoff with its jitter: what a mail that failed now actually waits."""
+        return with_jitter(self.backoff(attempts), self.jitter)
 
 
 @dataclass
@@ -304,7 +309,7 @@ class _Outcomes:
             self.failed(unit, f"gave up after {attempts} attempts: {error}")
             return True
         self._mails(unit, attempts=attempts, last_error=error[:2000],
-                    next_attempt_at=now + self.policy.backoff(attempts))
+                    next_attempt_at=now + self.policy.retry_wait(attempts))
         self.session.commit()
         return False
 
