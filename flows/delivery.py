@@ -117,7 +117,12 @@ def send_mail_batch(database_url: str, smtp_block: str, claimer: str, batch_size
     return report
 
 
-@flow(retries=1, retry_delay_seconds=60)
+# A run drains the queue in batches of one session each (each bounded by the SMTP block's
+# session deadline); the flow's own timeout bounds the whole run, whatever the server does.
+SEND_MAIL_TIMEOUT_S = 3600
+
+
+@flow(retries=1, retry_delay_seconds=60, timeout_seconds=SEND_MAIL_TIMEOUT_S)
 def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
               batch_size: int = 500, max_attempts: int = 8, backoff_base_s: float = 60,
               backoff_max_s: float = 6 * 3600, hourly_limit: int = 100,
@@ -305,7 +310,7 @@ def deliver_client_notifications_batch(database_url: str, smtp_block: str, claim
     return report
 
 
-@flow(retries=2, retry_delay_seconds=300)
+@flow(retries=2, retry_delay_seconds=300, timeout_seconds=SEND_MAIL_TIMEOUT_S)
 def deliver_client_notifications(database_url: str | None = None,
                                  smtp_block: str = SMTP_BLOCK, batch_size: int = 200,
                                  on_unreachable: Literal["stop", "drop"] = "stop",
