@@ -158,12 +158,10 @@ def queue_tip_mails(session: Session, *, claimer: str, limit: int = 500,
     with ExitStack() as stack:
         mails = _tip_mails(receivers, _Keys(stack), now, digest_window)
     created = enqueue(session, mails)
-    unable = [m["tip_id"] for m in mails if m.get("status") == MailStatus.FAILED]
+    # A mail queued failed (an unusable key, a bad address) has made its tip `unable to be
+    # notified` inside enqueue, in this same transaction.
     session.execute(update(TIPS).where(TIPS.c.id.in_(ids), TIPS.c.claimed_by == claimer)
                     .values(mail_key=literal("tip:").concat(cast(TIPS.c.id, String)),
                             claimed_by=None, claimed_until=None))
-    if unable:
-        session.execute(update(TIPS).where(TIPS.c.id.in_(unable))
-                        .values(notification=Notification.UNABLE))
     session.commit()
     return BatchResult(len(ids), created)

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from opsflow.claim import claim_batch, renew
 from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
 from opsflow.delivery.texts import digest_subject
+from opsflow.mail.addresses import InvalidAddress, mailbox
 from opsflow.mail.backoff import capped_backoff, with_jitter
 from opsflow.mail.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.store import utcnow
@@ -92,18 +93,34 @@ def _insert(session: Session):  # type: ignore[no-untyped-def]
 
 def enqueue(session: Session, mails: Sequence[Mapping[str, object]]) -> int:
     """Queue mails (dicts of OutgoingMail columns with a `key`); a key already queued is
-    skipped, so queuing the same mail again is harmless. Returns how many were new."""
+    skipped, so queuing the same mail again is harmless. Returns how many were new.
+
+    Each recipient is checked here: an internationalised domain is stored in its ASCII form,
+    and a recipient that is not a mailbox is queued already `failed` with the reason (its
+    tip `unable to be notified`), so that it is never sent, never retried, and shows in
+    `opsflow mail status` and the notification sweep's alert like any undeliverable mail.
+    """
     if not mails:
         return 0
     now = utcnow()
     rows = [{"subject": "", "body": None, "raw_eml": None, "digest": False, "tip_id": None,
              "status": MailStatus.PENDING, "attempts": 0, "next_attempt_at": now,
-             "created_at": now, **mail} for mail in mails]
+             "created_at": now, "last_error": None, **mail} for mail in mails]
     for row in rows:
         if not row.get("key") or not row.get("recipient"):
             raise ValueError(f"a mail needs a key and a recipient: {row.get('key')!r}")
+        try:
+            row["recipient"] = mailbox(str(row["recipient"]))
+        except InvalidAddress as exc:
+            row.update(status=MailStatus.FAILED, last_error=f"not sent: {exc}", digest=False)
     statement = _insert(session).on_conflict_do_nothing(index_elements=["key"])
-    return len(session.execute(statement.returning(MAILS.c.id), rows).all())
+    queued = session.execute(statement.returning(MAILS.c.tip_id, MAILS.c.status), rows).all()
+    failed_tips = [tip for tip, status in queued if status == MailStatus.FAILED and tip]
+    if failed_tips:
+        session.execute(update(TIPS).where(TIPS.c.id.in_(failed_tips),
+                                           TIPS.c.notification == Notification.NOT_NOTIFIED)
+                        .values(notification=Notification.UNABLE))
+    return len(queued)
 
 
 @dataclass
@@ -444,15 +461,14 @@ def send_batch(
                 report.retried += 1
                 continue
             except (ValueError, LookupError, smtplib.SMTPException) as exc:
-                # A mail the client side cannot even send (an address SMTP cannot carry, an
-                # EML that does not parse): it is retried to its cap like any failure, and
-                # the connection, in an unknown state now, is opened afresh for the rest.
+                # A mail the client side cannot compose or send (an EML that does not parse,
+                # text SMTP cannot carry): the same mail fails the same way every time, so it
+                # fails at once; the connection, in an unknown state now, is opened afresh.
                 sender.abandon()
                 error = f"cannot send: {type(exc).__name__}: {exc}"
-                writer.submit(outcomes.retry, unit, error, now_)
+                writer.submit(outcomes.failed, unit, error)
                 report.errors.append(f"{unit.key}: {error}")
-                report.failed += gives_up
-                report.retried += 1
+                report.failed += 1
                 continue
             writer.submit(outcomes.sent, unit, now_)
             sent_now[unit.recipient] = sent_now.get(unit.recipient, 0) + 1
