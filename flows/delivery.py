@@ -122,7 +122,10 @@ def send_mail_batch(database_url: str, smtp_block: str, claimer: str, batch_size
 SEND_MAIL_TIMEOUT_S = 3600
 
 
-@flow(retries=1, retry_delay_seconds=60, timeout_seconds=SEND_MAIL_TIMEOUT_S)
+# No flow retries: a retry a minute after the server was found down would find every mail
+# backing off and end Completed, hiding the failure; the next triggered or scheduled run is
+# the retry, and each mail keeps its own backoff.
+@flow(timeout_seconds=SEND_MAIL_TIMEOUT_S)
 def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
               batch_size: int = 500, max_attempts: int = 8, backoff_base_s: float = 60,
               backoff_max_s: float = 6 * 3600, hourly_limit: int = 100,
@@ -130,7 +133,8 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
     """Drain the outgoing mail queue, one SMTP connection per batch.
 
     Retries back off per mail; a server that is down ends the batch, with every mail in it
-    counted and delayed, rather than stalling the queue.
+    counted and delayed, rather than stalling the queue, and the run ends Failed with the
+    reason (after the backoff is recorded), so that the UI shows it.
     """
     with job_slot():
         url, claimer = _store(database_url), claimer_name("send_mail:")
@@ -147,8 +151,6 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
                     total.add(report)
                     sending.advance(report.claimed)
                     if report.server_down:  # the rest waits for the next run, no timeouts here
-                        get_run_logger().warning(
-                            "SMTP server unreachable; the rest waits for the next run")
                         break
                     if report.claimed < batch_size:
                         break
@@ -156,6 +158,8 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
             report_table("send-mail", _mail_title(total), _mail_rows(total))
         figures = {k: int(v) for k, v in vars(total).items() if k != "errors"}
         get_run_logger().info("mail: %s", figures)
+        if total.server_down:
+            raise SmtpUnavailable(f"{_mail_title(total)}: {total.errors[0]}")
         return figures
 
 
