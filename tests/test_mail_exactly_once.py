@@ -43,8 +43,10 @@ SENDER = textwrap.dedent("""
 class SlowHandler(RecordingHandler):
     """Takes a while over each message, so that a kill lands in the middle of a batch."""
 
+    delay = 0.02  # seconds per message
+
     async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(self.delay)
         return await super().handle_DATA(server, session, envelope)
 
 

@@ -15,7 +15,9 @@ the batch instead of blocking the queue.
 from __future__ import annotations
 
 import hashlib
+import logging
 import smtplib
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +33,7 @@ from sqlalchemy import Engine, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from opsflow.claim import claim_batch, renew
+from opsflow.claim import claim_batch
 from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
 from opsflow.delivery.texts import digest_subject
 from opsflow.mail.addresses import InvalidAddress, mailbox
@@ -40,6 +42,7 @@ from opsflow.mail.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.store import utcnow
 
 MAILS = OutgoingMail.__table__
+log = logging.getLogger(__name__)
 TIPS = ReceiverTip.__table__
 
 
@@ -51,7 +54,10 @@ class MailPolicy:
     backoff_base: timedelta = timedelta(minutes=1)
     backoff_max: timedelta = timedelta(hours=6)
     hourly_limit: int = 100  # mails (a digest counts once) per recipient per hour
-    lease: timedelta = timedelta(minutes=10)
+    # Short, so that the mails of a killed run come free within a minute; a heartbeat renews
+    # it every `heartbeat` while the batch works, however long one slow mail takes.
+    lease: timedelta = timedelta(seconds=45)
+    heartbeat: timedelta = timedelta(seconds=10)
     jitter: float = 0.1  # up to 10% more than the backoff, so that mails failed together spread
 
     def backoff(self, attempts: int) -> timedelta:
@@ -380,6 +386,48 @@ class _Writer:
             self.session.close()
 
 
+class _Heartbeat:
+    """Renews the leases of the batch's mails still claimed, on a connection of its own,
+    every `policy.heartbeat`, while the batch works; a killed run stops beating and its
+    mails come free when the short lease runs out.
+
+    `safe(now)` says whether the lease is surely still ours: a beat that could not be written
+    (the store was busy) leaves less of it, and the batch stops before it could run out.
+    """
+
+    def __init__(self, engine: Engine, claimer: str, policy: MailPolicy,
+                 clock: Callable[[], datetime]) -> None:
+        self.engine, self.claimer, self.policy, self.clock = engine, claimer, policy, clock
+        self.renewed_at = clock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"outbox-heartbeat-{claimer}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        with Session(bind=self.engine) as session:
+            while not self._stop.wait(self.policy.heartbeat.total_seconds()):
+                now = self.clock()
+                try:
+                    session.execute(
+                        update(MAILS).where(MAILS.c.claimed_by == self.claimer,
+                                            MAILS.c.status == MailStatus.PENDING)
+                        .values(claimed_until=now + self.policy.lease))
+                    session.commit()
+                    self.renewed_at = now
+                except Exception:  # noqa: BLE001 - a busy store: the next beat tries again
+                    session.rollback()
+                    log.warning("could not renew the leases of %s", self.claimer,
+                                exc_info=True)
+
+    def safe(self, now: datetime) -> bool:
+        return now < self.renewed_at + self.policy.lease - self.policy.heartbeat
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
 def send_batch(
     session: Session,
     sender: MailSender,
@@ -392,8 +440,9 @@ def send_batch(
 ) -> SendReport:
     """Claim up to `limit` due mails and send them over `sender`'s one connection.
 
-    `now` is the clock of this batch (tests set it); time spent sending is added to it, so a
-    batch that runs past its lease renews it, and stops if another run took the mails.
+    `now` is the clock of this batch (tests set it); time spent sending is added to it. A
+    heartbeat renews the batch's short leases while it works; if it could not for longer
+    than the lease allows, the batch stops rather than send mails another run may own.
     """
     policy = policy or MailPolicy()
     start_clock = now or utcnow()
@@ -408,7 +457,7 @@ def send_batch(
     report = SendReport(claimed=len(mails))
     if not mails:
         return report
-    lease_until = start_clock + policy.lease
+    heartbeat = _Heartbeat(session.get_bind(), claimer, policy, clock)  # type: ignore[arg-type]
     units = _group(session, mails)
     sent_before = _sent_last_hour(session, (u.recipient for u in units), start_clock)
     session.commit()  # end the read: from here on only the writer touches the store
@@ -418,14 +467,12 @@ def send_batch(
     writer = _Writer(session, policy, claimer)
     outcomes = writer.outcomes
     try:
-        for index, unit in enumerate(units):
+        for unit in units:
             now_ = clock()
-            if now_ >= lease_until - timedelta(seconds=30):
-                ids = [m.id for u in units[index:] for m in u.mails]
-                if writer.call(renew, writer.session, OutgoingMail, ids, claimer=claimer,
-                               lease=policy.lease, now=now_) == 0:
-                    break  # another run owns them now
-                lease_until = now_ + policy.lease
+            if not heartbeat.safe(now_):
+                report.errors.append("the batch's lease could not be renewed; the rest "
+                                     "waits for the next run")
+                break
             gives_up = max(m.attempts for m in unit.mails) + 1 >= policy.max_attempts
             if down is not None:
                 writer.submit(outcomes.retry, unit, down, now_)
@@ -478,5 +525,6 @@ def send_batch(
             if on_sent is not None:
                 on_sent(report.sent)
     finally:
+        heartbeat.stop()
         writer.close()
     return report
