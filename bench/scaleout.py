@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.send_mail import start_server  # noqa: E402
-from opsflow.delivery.outbox import enqueue  # noqa: E402
 from opsflow.delivery.records import MailStatus, OutgoingMail  # noqa: E402
+from opsflow.mail.outbox import enqueue  # noqa: E402
 from opsflow.store import session_scope, sessions, upgrade  # noqa: E402
 from tests.support.scaleout import ScaleOut, scaled_out  # noqa: E402
 from tests.support.servers import PostgresDatabase  # noqa: E402

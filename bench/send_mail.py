@@ -28,15 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import func, select, update  # noqa: E402
 
-from opsflow.delivery.outbox import (  # noqa: E402
+from opsflow.delivery.records import MailStatus, OutgoingMail  # noqa: E402
+from opsflow.mail.outbox import (  # noqa: E402
     MailPolicy,
     _compose,
     enqueue,
     message_id,
     send_batch,  # noqa: E402
 )
-from opsflow.delivery.records import MailStatus, OutgoingMail  # noqa: E402
-from opsflow.delivery.smtp import MailSender, SmtpConfig  # noqa: E402
+from opsflow.mail.smtp import MailSender, SmtpConfig  # noqa: E402
 from opsflow.store import session_scope, sessions, upgrade  # noqa: E402
 from tests.support.servers import free_port, wait_for_port  # noqa: E402
 

@@ -13,7 +13,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
 from blocks import DOCUMENTATION_URL
-from opsflow.delivery.smtp import MailSender, SmtpConfig, open_connection
+from opsflow.mail.smtp import MailSender, SmtpConfig, open_connection
 
 
 class SmtpServer(Block):
@@ -34,6 +34,9 @@ class SmtpServer(Block):
     from_address: str = Field(default="opsflow@localhost",
                               description="From address (and envelope sender) of every mail.")
     timeout: float = Field(default=30.0, gt=0, description="Seconds to wait on any one reply.")
+    session_deadline: float = Field(
+        default=300.0, gt=0, description="Seconds a whole SMTP session may take, connect to "
+        "QUIT: a server that trickles its answers is cut off then.")
 
     @field_validator("from_address")
     @classmethod
@@ -48,7 +51,7 @@ class SmtpServer(Block):
             host=self.host, port=self.port, from_address=self.from_address,
             security=self.security, username=self.username,
             password=self.password.get_secret_value() if self.password else None,
-            timeout=self.timeout)
+            timeout=self.timeout, session_deadline=self.session_deadline)
 
     def connect(self) -> smtplib.SMTP:
         """An open, logged-in smtplib connection (the caller quits it)."""

@@ -22,8 +22,8 @@ from flows.jobs import job_slot
 from flows.reporting import progress, report_table, row
 from opsflow.claim import claimer_name
 from opsflow.delivery import client, notify, packages, tips
-from opsflow.delivery.outbox import MailPolicy, SendReport, due_count, send_batch
-from opsflow.delivery.smtp import SmtpUnavailable
+from opsflow.mail.outbox import MailPolicy, SendReport, due_count, send_batch
+from opsflow.mail.smtp import SmtpUnavailable
 from opsflow.settings import get_settings
 from opsflow.store import sessions
 from opsflow.transports.base import Transport
@@ -117,7 +117,15 @@ def send_mail_batch(database_url: str, smtp_block: str, claimer: str, batch_size
     return report
 
 
-@flow(retries=1, retry_delay_seconds=60)
+# A run drains the queue in batches of one session each (each bounded by the SMTP block's
+# session deadline); the flow's own timeout bounds the whole run, whatever the server does.
+SEND_MAIL_TIMEOUT_S = 3600
+
+
+# No flow retries: a retry a minute after the server was found down would find every mail
+# backing off and end Completed, hiding the failure; the next triggered or scheduled run is
+# the retry, and each mail keeps its own backoff.
+@flow(timeout_seconds=SEND_MAIL_TIMEOUT_S)
 def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
               batch_size: int = 500, max_attempts: int = 8, backoff_base_s: float = 60,
               backoff_max_s: float = 6 * 3600, hourly_limit: int = 100,
@@ -125,7 +133,8 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
     """Drain the outgoing mail queue, one SMTP connection per batch.
 
     Retries back off per mail; a server that is down ends the batch, with every mail in it
-    counted and delayed, rather than stalling the queue.
+    counted and delayed, rather than stalling the queue, and the run ends Failed with the
+    reason (after the backoff is recorded), so that the UI shows it.
     """
     with job_slot():
         url, claimer = _store(database_url), claimer_name("send_mail:")
@@ -142,8 +151,6 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
                     total.add(report)
                     sending.advance(report.claimed)
                     if report.server_down:  # the rest waits for the next run, no timeouts here
-                        get_run_logger().warning(
-                            "SMTP server unreachable; the rest waits for the next run")
                         break
                     if report.claimed < batch_size:
                         break
@@ -151,6 +158,8 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
             report_table("send-mail", _mail_title(total), _mail_rows(total))
         figures = {k: int(v) for k, v in vars(total).items() if k != "errors"}
         get_run_logger().info("mail: %s", figures)
+        if total.server_down:
+            raise SmtpUnavailable(f"{_mail_title(total)}: {total.errors[0]}")
         return figures
 
 
@@ -305,7 +314,7 @@ def deliver_client_notifications_batch(database_url: str, smtp_block: str, claim
     return report
 
 
-@flow(retries=2, retry_delay_seconds=300)
+@flow(retries=2, retry_delay_seconds=300, timeout_seconds=SEND_MAIL_TIMEOUT_S)
 def deliver_client_notifications(database_url: str | None = None,
                                  smtp_block: str = SMTP_BLOCK, batch_size: int = 200,
                                  on_unreachable: Literal["stop", "drop"] = "stop",

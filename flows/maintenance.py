@@ -27,12 +27,13 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
+from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 
 from flows.jobs import job_slot
-from flows.reporting import Progress, progress, report_table, row
-from opsflow.delivery.outbox import MailPolicy
+from flows.reporting import Progress, progress, report_markdown, report_table, row
 from opsflow.license import normalize_steps
+from opsflow.mail.outbox import MailPolicy
 from opsflow.maintenance.cleaning import EXPIRED, UNFINISHED, erase_batch, expired, unfinished
 from opsflow.maintenance.erase import Erased
 from opsflow.maintenance.mail_sweep import (
@@ -452,6 +453,21 @@ def alert_ops_task(database_url: str, report: StuckReport, ops_email: str,
     return [p.summary for p in alerted]
 
 
+OPS_ALERT_EVENT = "opsflow.ops.alert"
+
+
+def announce_ops_alerts(summaries: list[str]) -> None:
+    """The alerts also where no mail server is needed: an artifact in the UI (key
+    `ops-alerts`) and a Prefect event an automation can forward (`opsflow.ops.alert`), since
+    the alert mail goes through the same outbox whose trouble it may be reporting."""
+    report_markdown("ops-alerts", f"OPS alert: {'; '.join(summaries)}",
+                    "\n".join(f"- **{summary}**" for summary in summaries)
+                    + "\n\nSee `opsflow mail status --failed` for the mails concerned.")
+    for summary in summaries:
+        emit_event(event=OPS_ALERT_EVENT, resource={"prefect.resource.id": "opsflow.outbox"},
+                   payload={"summary": summary})
+
+
 @flow(name="sweep-notifications", retries=1, retry_delay_seconds=60)
 def sweep_notifications(database_url: str | None = None, batch_size: int = 500,
                         max_attempts: int = MailPolicy().max_attempts,
@@ -478,6 +494,8 @@ def sweep_notifications(database_url: str | None = None, batch_size: int = 500,
             if report.found < batch_size:
                 break
         alerted = alert_ops_task(url, total, settings.ops_email, now)
+        if alerted:
+            announce_ops_alerts(alerted)
     rows = [
         row("sent mails deleted", deleted,
             note=f"sent before {mails_before.isoformat(timespec='minutes')}"),

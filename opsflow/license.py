@@ -20,8 +20,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import Date, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from opsflow.delivery.outbox import enqueue
 from opsflow.dialect import insert_for
+from opsflow.mail.outbox import enqueue
 from opsflow.store import Base, BigId, UTCDateTime, utcnow
 
 DEFAULT_WARNING_DAYS = (30, 14, 7, 1)

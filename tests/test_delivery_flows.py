@@ -108,15 +108,15 @@ def test_the_block_keeps_its_password_secret() -> None:
         SmtpServer(from_address="not an address")
 
 
-def test_an_unreachable_server_in_send_mail_delays_rather_than_fails(sqlite_url: str,
-                                                                     prefect_harness) -> None:
+def test_an_unreachable_server_in_send_mail_delays_the_mails_and_fails_the_run(
+        sqlite_url: str, prefect_harness) -> None:
     with session_scope(sqlite_url) as session:
         seed.add_submissions(session, 5, seed.add_receivers(session, 1))
     create_tips(database_url=sqlite_url)
     notify_receivers(database_url=sqlite_url, digest_window_s=0)
-    result = send_mail(database_url=sqlite_url, smtp_block=smtp_block(free_port()),
-                       batch_size=2)
-    assert result["retried"] == 2 and result["sent"] == 0 and result["server_down"] == 1
+    state = send_mail(database_url=sqlite_url, smtp_block=smtp_block(free_port()),
+                      batch_size=2, return_state=True)
+    assert state.is_failed() and "2 to retry" in (state.message or ""), state.message
     with sessions(sqlite_url)() as session:
         rows = session.scalars(select(OutgoingMail).order_by(OutgoingMail.id)).all()
     assert [(m.status, m.attempts) for m in rows] == [("pending", 1)] * 2 + [("pending", 0)] * 3

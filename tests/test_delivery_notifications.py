@@ -19,8 +19,8 @@ from opsflow.delivery.records import (
     NotifySubscription,
     OutgoingMail,
 )
-from opsflow.delivery.smtp import MailSender, SmtpConfig, SmtpUnavailable
 from opsflow.delivery.windows import BadTimeZone, Window, is_open, next_opening
+from opsflow.mail.smtp import MailSender, SmtpConfig, SmtpUnavailable
 from opsflow.store import session_scope, sessions
 from tests.support.servers import SmtpServer, free_port
 

@@ -20,9 +20,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import select
 
 from blocks.smtp import SmtpServer
-from opsflow.delivery.outbox import enqueue, send_batch
 from opsflow.delivery.records import MailStatus, OutgoingMail
-from opsflow.delivery.smtp import SmtpUnavailable
+from opsflow.mail.outbox import enqueue, send_batch
+from opsflow.mail.smtp import SmtpUnavailable
 from opsflow.store import session_scope, sessions
 from tests.support.servers import RecordingHandler, free_port
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from opsflow.delivery.outbox import send_batch
 from opsflow.delivery.records import OutgoingMail
-from opsflow.delivery.smtp import MailSender, SmtpConfig
+from opsflow.mail.outbox import send_batch
+from opsflow.mail.smtp import MailSender, SmtpConfig
 from opsflow.store import sessions
 from opsflow.transfer.records import SyncedExperiment
 from tests import test_transfer_states as states_tests

@@ -6,8 +6,8 @@ import pytest
 
 from deployments.cli import main
 from opsflow.delivery import seed, tips
-from opsflow.delivery.outbox import enqueue
 from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
+from opsflow.mail.outbox import enqueue
 from opsflow.settings import get_settings
 from opsflow.store import session_scope, sessions
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from opsflow.delivery.outbox import MailPolicy, message_id
 from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
+from opsflow.mail.outbox import MailPolicy, message_id
 from opsflow.store import sessions, utcnow
 from tests.support.servers import RecordingHandler, SmtpServer
 from tests.test_mail_outbox import queue_tips, send
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SENDER = textwrap.dedent("""
     import sys
-    from opsflow.delivery.outbox import send_batch
-    from opsflow.delivery.smtp import MailSender, SmtpConfig
+    from opsflow.mail.outbox import send_batch
+    from opsflow.mail.smtp import MailSender, SmtpConfig
     from opsflow.store import sessions
 
     url, port = sys.argv[1], int(sys.argv[2])
@@ -43,8 +43,10 @@ SENDER = textwrap.dedent("""
 class SlowHandler(RecordingHandler):
     """Takes a while over each message, so that a kill lands in the middle of a batch."""
 
+    delay = 0.02  # seconds per message
+
     async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(self.delay)
         return await super().handle_DATA(server, session, envelope)
 
 

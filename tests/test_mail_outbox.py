@@ -14,14 +14,14 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy import func, select
 
 from opsflow.delivery import seed, tips
-from opsflow.delivery.outbox import MailPolicy, enqueue, message_id, send_batch
 from opsflow.delivery.records import (
     MailStatus,
     Notification,
     OutgoingMail,
     ReceiverTip,
 )
-from opsflow.delivery.smtp import MailSender, SmtpConfig
+from opsflow.mail.outbox import MailPolicy, enqueue, message_id, send_batch
+from opsflow.mail.smtp import MailSender, SmtpConfig
 from opsflow.store import session_scope, sessions, utcnow
 from tests.support.servers import RecordingHandler, SmtpServer
 
@@ -154,10 +154,10 @@ def test_a_mail_smtp_cannot_carry_is_counted_and_the_rest_go_out(store_url: str,
                           {"key": "b", "recipient": "jürgen@x.org", "subject": "s", "body": "b"},
                           {"key": "c", "recipient": "ok2@x.org", "subject": "s", "body": "b"}])
     report = send(store_url, smtp.port, policy=MailPolicy(max_attempts=1))
-    assert (report.sent, report.failed) == (2, 1)
+    assert (report.claimed, report.sent) == (2, 2)  # the bad one failed when it was queued
     assert sorted(to[0] for _, to in smtp.handler.envelopes) == ["ok1@x.org", "ok2@x.org"]
     bad = {m.key: m for m in mails(store_url)}["b"]
-    assert bad.status == MailStatus.FAILED and "UnicodeEncodeError" in bad.last_error
+    assert bad.status == MailStatus.FAILED and "invalid address" in bad.last_error
 
 
 def test_smtp_down_backs_off_counts_attempts_gives_up_and_sends_when_back(
@@ -175,8 +175,9 @@ def test_smtp_down_backs_off_counts_attempts_gives_up_and_sends_when_back(
         if mail.status == MailStatus.PENDING:
             waits.append((mail.next_attempt_at - t0).total_seconds())
             t0 = mail.next_attempt_at
-    # The waits double; the batch's own clock may add the seconds a loaded machine takes.
-    assert len(waits) == 2 and 60 <= waits[0] < 70 and 120 <= waits[1] < 130, waits
+    # The waits double, plus up to 10% jitter; the batch's own clock may add the seconds a
+    # loaded machine takes.
+    assert len(waits) == 2 and 60 <= waits[0] < 76 and 120 <= waits[1] < 142, waits
     assert mail.status == MailStatus.FAILED and "gave up after 3 attempts" in mail.last_error
     assert tip_markers(store_url) == {Notification.UNABLE: 1}
 

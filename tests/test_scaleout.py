@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select
 
 from deployments.definitions import DEPLOYMENTS
-from opsflow.delivery.outbox import enqueue, message_id
 from opsflow.delivery.records import MailStatus, OutgoingMail
+from opsflow.mail.outbox import enqueue, message_id
 from opsflow.store import session_scope, sessions
 from tests.support.scaleout import ScaleOut, scaled_out
 from tests.support.servers import PostgresDatabase, SmtpServer

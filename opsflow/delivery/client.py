@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch, release
 from opsflow.delivery.records import ClientNotification, ClientNotificationLog
-from opsflow.delivery.smtp import MailRefused, MailSender, SmtpUnavailable
+from opsflow.mail.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.store import utcnow
 
 OnUnreachable = Literal["stop", "drop"]

@@ -17,7 +17,6 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
-from opsflow.delivery.outbox import enqueue
 from opsflow.delivery.records import (
     Channel,
     DeliveryWindow,
@@ -28,6 +27,7 @@ from opsflow.delivery.records import (
 )
 from opsflow.delivery.texts import event_label
 from opsflow.delivery.windows import BadTimeZone, Window, is_open
+from opsflow.mail.outbox import enqueue
 from opsflow.store import utcnow
 
 LEASE = timedelta(minutes=10)

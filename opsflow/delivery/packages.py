@@ -2,9 +2,10 @@
 
 The legacy job marked a tip delivered before its file was written, so a restart lost it.
 Here the package is written under a temporary name, every file's bytes are checked against
-the sha256 on its record while they stream into the zip, the finished package is encrypted
-to the receiver's OpenPGP key when one is set, and only then renamed into place and the tip
-flipped to `delivery available`. Pushing it through a transport flips it to `delivery
+the sha256 on its record while they stream into the zip, and only then renamed into place
+and the tip flipped to `delivery available`. For a receiver with an OpenPGP key the key is
+checked before anything is read, and the zip streams through a pipe into gpg: no plaintext
+of the files is ever written to disk (a crash at any moment leaves at most ciphertext). Pushing it through a transport flips it to `delivery
 performed` once the target confirmed the same sha256.
 """
 
@@ -12,28 +13,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
-from opsflow.delivery.backoff import capped_backoff
+from opsflow.delivery import openpgp
 from opsflow.delivery.records import Delivery, Receiver, ReceiverTip, SubmissionFile
+from opsflow.mail.backoff import capped_backoff
 from opsflow.store import utcnow
 from opsflow.transports.base import Transport, TransportError, Upload
 from opsflow.transports.local import file_sha256
 
 TIPS = ReceiverTip.__table__
 CHUNK = 1024 * 1024
-GPG = shutil.which("gpg") or "gpg"
 
 
 class PackageRefused(Exception):
@@ -74,8 +73,9 @@ def entry_name(record: SubmissionFile) -> str:
     return name or f"file-{record.id}"
 
 
-def write_zip(files: Sequence[SubmissionFile], target: Path) -> None:
-    """Zip the files into `target`, checking each one's bytes against its record as they go."""
+def write_zip(files: Sequence[SubmissionFile], target: Path | IO[bytes]) -> None:
+    """Zip the files into `target` (a path, or a stream such as a pipe into gpg), checking
+    each one's bytes against its record as they go."""
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for record in files:
             digest = hashlib.sha256()
@@ -97,54 +97,30 @@ def write_zip(files: Sequence[SubmissionFile], target: Path) -> None:
                     f"({record.size} bytes) recorded")
 
 
-def encrypt(source: Path, target: Path, public_key: str) -> None:
-    """Encrypt `source` to the one key in `public_key` (ASCII armored) with the gpg binary.
-
-    A throw-away keyring holds the key, so nothing is left behind and no trust database of
-    the machine is consulted. No shell is involved.
-    """
-    with tempfile.TemporaryDirectory(prefix="opsflow-gpg-") as home:
-        os.chmod(home, 0o700)
-        base = [GPG, "--batch", "--no-tty", "--quiet", "--homedir", home]
-        imported = subprocess.run([*base, "--import"], input=public_key.encode(),
-                                  capture_output=True, timeout=60)
-        listing = subprocess.run([*base, "--with-colons", "--list-keys"],
-                                 capture_output=True, timeout=60, text=True)
-        fingerprints = [line.split(":")[9] for line in listing.stdout.splitlines()
-                        if line.startswith("fpr:")]
-        if imported.returncode != 0 or not fingerprints:
-            why = imported.stderr.decode(errors="replace").strip().splitlines()
-            raise PackageRefused("the receiver's OpenPGP key is not usable: "
-                                 + (why[-1] if why else "no key found"))
-        result = subprocess.run(
-            [*base, "--trust-model", "always", "--yes", "--output", str(target),
-             "--recipient", fingerprints[0], "--encrypt", str(source)],
-            capture_output=True, timeout=600)
-        subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"],
-                       capture_output=True, timeout=30, check=False)
-        if result.returncode != 0:
-            why = result.stderr.decode(errors="replace").strip().splitlines()
-            raise PackageRefused("encryption to the receiver's OpenPGP key failed: "
-                                 + (why[-1] if why else f"gpg exit {result.returncode}"))
-
-
 def build_package(tip_id: int, files: Sequence[SubmissionFile], folder: Path,
                   public_key: str | None) -> tuple[Path, str]:
-    """Write and check the package of one tip; returns its final path and sha256."""
+    """Write and check the package of one tip; returns its final path and sha256.
+
+    With a key, the key is checked first (PackageRefused if it cannot encrypt) and the zip is
+    written straight into gpg, whose output is the only file: the package never exists in
+    plaintext, not even under a temporary name.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     name = f"tip-{tip_id}.zip" + (".pgp" if public_key else "")
     final = folder / name
     partial = folder / f".partial-{name}"
-    zipped = folder / f".partial-tip-{tip_id}.zip"
     try:
-        write_zip(files, zipped)
         if public_key:
-            encrypt(zipped, partial, public_key)
-            zipped.unlink()
-        os.replace(zipped if not public_key else partial, final)
+            try:
+                with openpgp.recipient(public_key) as to, to.encrypting_to(partial) as pipe:
+                    write_zip(files, pipe)
+            except openpgp.KeyUnusable as exc:
+                raise PackageRefused(str(exc)) from None
+        else:
+            write_zip(files, partial)
+        os.replace(partial, final)
     finally:
-        for leftover in (zipped, partial):
-            leftover.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
     return final, file_sha256(final)
 
 

@@ -8,16 +8,20 @@ as its work.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import String, and_, case, cast, exists, literal, select, update
+from sqlalchemy import Row, String, and_, case, cast, exists, literal, select, update
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
-from opsflow.delivery.outbox import enqueue
+from opsflow.delivery import openpgp
 from opsflow.delivery.records import (
     Delivery,
+    MailStatus,
     Notification,
     Receiver,
     ReceiverTip,
@@ -27,6 +31,7 @@ from opsflow.delivery.records import (
     SubmissionReceiver,
 )
 from opsflow.delivery.texts import tip_mail
+from opsflow.mail.outbox import enqueue
 from opsflow.store import UTCDateTime, utcnow
 
 TIPS = ReceiverTip.__table__
@@ -80,6 +85,52 @@ def tip_mail_key(tip_id: int) -> str:
     return f"tip:{tip_id}"
 
 
+class _Keys:
+    """The receivers' keys of one batch, each imported and checked once."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self.stack = stack
+        self.checked: dict[str, openpgp.Recipient | openpgp.KeyUnusable] = {}
+
+    def get(self, public_key: str) -> openpgp.Recipient:
+        """The checked key; KeyUnusable (the same every time in a batch) if it cannot encrypt."""
+        if public_key not in self.checked:
+            try:
+                self.checked[public_key] = self.stack.enter_context(
+                    openpgp.recipient(public_key))
+            except openpgp.KeyUnusable as exc:
+                self.checked[public_key] = exc
+        found = self.checked[public_key]
+        if isinstance(found, openpgp.KeyUnusable):
+            raise found
+        return found
+
+
+def _tip_mails(rows: Sequence[Row[Any]], keys: _Keys, now: datetime,
+               digest_window: timedelta) -> list[dict[str, object]]:
+    """One mail per tip. To a receiver with a key the body (name, submission and tip) goes
+    encrypted to it; when the key cannot encrypt, no mail is sent at all: the mail is
+    recorded failed with the reason (which the notification sweep reports to OPS) and its
+    tip becomes `unable to be notified`."""
+    mails: list[dict[str, object]] = []
+    for tip_id, submission_id, name, address, language, digest, public_key in rows:
+        subject, body = tip_mail(language, name=name, submission=submission_id, tip=tip_id)
+        mail: dict[str, object] = {
+            "key": tip_mail_key(tip_id), "recipient": address, "subject": subject,
+            "tip_id": tip_id, "digest": bool(digest),
+            "next_attempt_at": now + digest_window if digest else now, "created_at": now}
+        if public_key:
+            try:
+                body = keys.get(public_key).encrypt_text(body)
+            except (openpgp.KeyUnusable, openpgp.EncryptionFailed) as exc:
+                mail.update(body=None, status=MailStatus.FAILED, digest=False,
+                            next_attempt_at=now, last_error=f"not sent: {exc}")
+                mails.append(mail)
+                continue
+        mails.append({**mail, "body": body})
+    return mails
+
+
 def queue_tip_mails(session: Session, *, claimer: str, limit: int = 500,
                     digest_window: timedelta = timedelta(minutes=10),
                     now: datetime | None = None) -> BatchResult:
@@ -88,7 +139,7 @@ def queue_tip_mails(session: Session, *, claimer: str, limit: int = 500,
     The mail's key is the tip's, and the tip records the key in the same transaction, so a
     rerun neither claims the tip again nor could queue a second mail for it. A receiver who
     wants digests has the mail held for the digest window, so that the mails of that window
-    go out as one.
+    go out as one. A receiver with an OpenPGP key gets the mail encrypted to it, or none.
     """
     now = now or utcnow()
     tips = claim_batch(
@@ -101,17 +152,14 @@ def queue_tip_mails(session: Session, *, claimer: str, limit: int = 500,
     ids = [t.id for t in tips]
     receivers = session.execute(
         select(ReceiverTip.id, ReceiverTip.submission_id, Receiver.name, Receiver.address,
-               Receiver.language, Receiver.digest)
+               Receiver.language, Receiver.digest, Receiver.pgp_public_key)
         .join(Receiver, Receiver.id == ReceiverTip.receiver_id)
         .where(ReceiverTip.id.in_(ids))).all()
-    mails = []
-    for tip_id, submission_id, name, address, language, digest in receivers:
-        subject, body = tip_mail(language, name=name, submission=submission_id, tip=tip_id)
-        mails.append({"key": tip_mail_key(tip_id), "recipient": address, "subject": subject,
-                      "body": body, "tip_id": tip_id, "digest": bool(digest),
-                      "next_attempt_at": now + digest_window if digest else now,
-                      "created_at": now})
+    with ExitStack() as stack:
+        mails = _tip_mails(receivers, _Keys(stack), now, digest_window)
     created = enqueue(session, mails)
+    # A mail queued failed (an unusable key, a bad address) has made its tip `unable to be
+    # notified` inside enqueue, in this same transaction.
     session.execute(update(TIPS).where(TIPS.c.id.in_(ids), TIPS.c.claimed_by == claimer)
                     .values(mail_key=literal("tip:").concat(cast(TIPS.c.id, String)),
                             claimed_by=None, claimed_until=None))

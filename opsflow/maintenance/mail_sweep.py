@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
 from opsflow.maintenance.erase import delete_audited
-from opsflow.maintenance.ops_alerts import Problem, error_class
+from opsflow.maintenance.ops_alerts import ALERT_KEY_PREFIX, Problem, error_class
 
 MAILS = OutgoingMail.__table__
 TIPS = ReceiverTip.__table__
@@ -139,9 +139,11 @@ def current_problems(session: Session, report: StuckReport, *, examples: int = 5
     """The problems as they stand after a sweep: the undeliverable mails still in the outbox
     (by error class and recipient domain) and the senders that lost mails in this sweep."""
     problems = []
+    # The alerts' own mails are left out: an alert that could not be sent (through the same
+    # dead server) would otherwise change the problem and raise a second alert, and a third.
     failed = session.execute(
         select(MAILS.c.last_error, MAILS.c.recipient, func.count())
-        .where(MAILS.c.status == MailStatus.FAILED)
+        .where(MAILS.c.status == MailStatus.FAILED, ~MAILS.c.key.startswith(ALERT_KEY_PREFIX))
         .group_by(MAILS.c.last_error, MAILS.c.recipient)).all()
     if failed:
         traits: Counter[str] = Counter()

@@ -20,11 +20,12 @@ from datetime import datetime
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
-from opsflow.delivery.outbox import enqueue
 from opsflow.dialect import insert_for
+from opsflow.mail.outbox import enqueue
 from opsflow.maintenance.records import ReportedProblem
 
 PROBLEMS = ReportedProblem.__table__
+ALERT_KEY_PREFIX = "ops-alert:"  # the outbox keys of the alerts' own mails
 ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>@]+>?")
 NUMBER = re.compile(r"\d{4,}")  # ids, ports, times; SMTP codes (550, 4.7.1) stay
 
@@ -60,7 +61,7 @@ def alert_mail(problem: Problem) -> tuple[str, str]:
 def alert_key(problem: Problem, now: datetime) -> str:
     # The time is part of the key: a problem that returns with the same fingerprint is a
     # new alert, not the old one (whose outbox row may still exist).
-    return f"ops-alert:{problem.name}:{problem.fingerprint[:16]}:{now.strftime('%Y%m%dT%H%M%S')}"
+    return f"{ALERT_KEY_PREFIX}{problem.name}:{problem.fingerprint[:16]}:{now.strftime('%Y%m%dT%H%M%S')}"
 
 
 def report_changes(session: Session, problems: Sequence[Problem], watched: Collection[str], *,

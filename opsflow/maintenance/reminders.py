@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session
 
-from opsflow.delivery.outbox import enqueue
 from opsflow.delivery.records import Receiver, ReceiverTip, Submission
 from opsflow.dialect import insert_for
+from opsflow.mail.outbox import enqueue
 from opsflow.maintenance.records import ExpiryReminder
 
 DAY = timedelta(days=1)

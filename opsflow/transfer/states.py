@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch, claimer_name
-from opsflow.delivery.backoff import capped_backoff
-from opsflow.delivery.outbox import enqueue
+from opsflow.mail.backoff import capped_backoff
+from opsflow.mail.outbox import enqueue
 from opsflow.store import utcnow
 from opsflow.transfer.client import (
     Phase,

@@ -15,7 +15,9 @@ the batch instead of blocking the queue.
 from __future__ import annotations
 
 import hashlib
+import logging
 import smtplib
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,15 +32,17 @@ from email.utils import format_datetime
 from sqlalchemy import Engine, and_, func, select, update
 from sqlalchemy.orm import Session
 
-from opsflow.claim import claim_batch, renew
-from opsflow.delivery.backoff import capped_backoff
+from opsflow.claim import claim_batch
 from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
-from opsflow.delivery.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.delivery.texts import digest_subject
 from opsflow.dialect import insert_for
+from opsflow.mail.addresses import InvalidAddress, mailbox
+from opsflow.mail.backoff import capped_backoff, with_jitter
+from opsflow.mail.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.store import utcnow
 
 MAILS = OutgoingMail.__table__
+log = logging.getLogger(__name__)
 TIPS = ReceiverTip.__table__
 
 
@@ -50,11 +54,19 @@ class MailPolicy:
     backoff_base: timedelta = timedelta(minutes=1)
     backoff_max: timedelta = timedelta(hours=6)
     hourly_limit: int = 100  # mails (a digest counts once) per recipient per hour
-    lease: timedelta = timedelta(minutes=10)
+    # Short, so that the mails of a killed run come free within a minute; a heartbeat renews
+    # it every `heartbeat` while the batch works, however long one slow mail takes.
+    lease: timedelta = timedelta(seconds=45)
+    heartbeat: timedelta = timedelta(seconds=10)
+    jitter: float = 0.1  # up to 10% more than the backoff, so that mails failed together spread
 
     def backoff(self, attempts: int) -> timedelta:
         """Wait after the `attempts`-th failed attempt: base, 2x base, 4x base ... capped."""
         return capped_backoff(self.backoff_base, self.backoff_max, attempts)
+
+    def retry_wait(self, attempts: int) -> timedelta:
+        """The backoff with its jitter: what a mail that failed now actually waits."""
+        return with_jitter(self.backoff(attempts), self.jitter)
 
 
 @dataclass
@@ -86,18 +98,34 @@ def _insert(session: Session):  # type: ignore[no-untyped-def]
 
 def enqueue(session: Session, mails: Sequence[Mapping[str, object]]) -> int:
     """Queue mails (dicts of OutgoingMail columns with a `key`); a key already queued is
-    skipped, so queuing the same mail again is harmless. Returns how many were new."""
+    skipped, so queuing the same mail again is harmless. Returns how many were new.
+
+    Each recipient is checked here: an internationalised domain is stored in its ASCII form,
+    and a recipient that is not a mailbox is queued already `failed` with the reason (its
+    tip `unable to be notified`), so that it is never sent, never retried, and shows in
+    `opsflow mail status` and the notification sweep's alert like any undeliverable mail.
+    """
     if not mails:
         return 0
     now = utcnow()
     rows = [{"subject": "", "body": None, "raw_eml": None, "digest": False, "tip_id": None,
              "status": MailStatus.PENDING, "attempts": 0, "next_attempt_at": now,
-             "created_at": now, **mail} for mail in mails]
+             "created_at": now, "last_error": None, **mail} for mail in mails]
     for row in rows:
         if not row.get("key") or not row.get("recipient"):
             raise ValueError(f"a mail needs a key and a recipient: {row.get('key')!r}")
+        try:
+            row["recipient"] = mailbox(str(row["recipient"]))
+        except InvalidAddress as exc:
+            row.update(status=MailStatus.FAILED, last_error=f"not sent: {exc}", digest=False)
     statement = _insert(session).on_conflict_do_nothing(index_elements=["key"])
-    return len(session.execute(statement.returning(MAILS.c.id), rows).all())
+    queued = session.execute(statement.returning(MAILS.c.tip_id, MAILS.c.status), rows).all()
+    failed_tips = [tip for tip, status in queued if status == MailStatus.FAILED and tip]
+    if failed_tips:
+        session.execute(update(TIPS).where(TIPS.c.id.in_(failed_tips),
+                                           TIPS.c.notification == Notification.NOT_NOTIFIED)
+                        .values(notification=Notification.UNABLE))
+    return len(queued)
 
 
 @dataclass
@@ -303,7 +331,7 @@ class _Outcomes:
             self.failed(unit, f"gave up after {attempts} attempts: {error}")
             return True
         self._mails(unit, attempts=attempts, last_error=error[:2000],
-                    next_attempt_at=now + self.policy.backoff(attempts))
+                    next_attempt_at=now + self.policy.retry_wait(attempts))
         self.session.commit()
         return False
 
@@ -357,6 +385,48 @@ class _Writer:
             self.session.close()
 
 
+class _Heartbeat:
+    """Renews the leases of the batch's mails still claimed, on a connection of its own,
+    every `policy.heartbeat`, while the batch works; a killed run stops beating and its
+    mails come free when the short lease runs out.
+
+    `safe(now)` says whether the lease is surely still ours: a beat that could not be written
+    (the store was busy) leaves less of it, and the batch stops before it could run out.
+    """
+
+    def __init__(self, engine: Engine, claimer: str, policy: MailPolicy,
+                 clock: Callable[[], datetime]) -> None:
+        self.engine, self.claimer, self.policy, self.clock = engine, claimer, policy, clock
+        self.renewed_at = clock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"outbox-heartbeat-{claimer}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        with Session(bind=self.engine) as session:
+            while not self._stop.wait(self.policy.heartbeat.total_seconds()):
+                now = self.clock()
+                try:
+                    session.execute(
+                        update(MAILS).where(MAILS.c.claimed_by == self.claimer,
+                                            MAILS.c.status == MailStatus.PENDING)
+                        .values(claimed_until=now + self.policy.lease))
+                    session.commit()
+                    self.renewed_at = now
+                except Exception:  # noqa: BLE001 - a busy store: the next beat tries again
+                    session.rollback()
+                    log.warning("could not renew the leases of %s", self.claimer,
+                                exc_info=True)
+
+    def safe(self, now: datetime) -> bool:
+        return now < self.renewed_at + self.policy.lease - self.policy.heartbeat
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
 def send_batch(
     session: Session,
     sender: MailSender,
@@ -369,8 +439,9 @@ def send_batch(
 ) -> SendReport:
     """Claim up to `limit` due mails and send them over `sender`'s one connection.
 
-    `now` is the clock of this batch (tests set it); time spent sending is added to it, so a
-    batch that runs past its lease renews it, and stops if another run took the mails.
+    `now` is the clock of this batch (tests set it); time spent sending is added to it. A
+    heartbeat renews the batch's short leases while it works; if it could not for longer
+    than the lease allows, the batch stops rather than send mails another run may own.
     """
     policy = policy or MailPolicy()
     start_clock = now or utcnow()
@@ -385,7 +456,7 @@ def send_batch(
     report = SendReport(claimed=len(mails))
     if not mails:
         return report
-    lease_until = start_clock + policy.lease
+    heartbeat = _Heartbeat(session.get_bind(), claimer, policy, clock)  # type: ignore[arg-type]
     units = _group(session, mails)
     sent_before = _sent_last_hour(session, (u.recipient for u in units), start_clock)
     session.commit()  # end the read: from here on only the writer touches the store
@@ -395,14 +466,12 @@ def send_batch(
     writer = _Writer(session, policy, claimer)
     outcomes = writer.outcomes
     try:
-        for index, unit in enumerate(units):
+        for unit in units:
             now_ = clock()
-            if now_ >= lease_until - timedelta(seconds=30):
-                ids = [m.id for u in units[index:] for m in u.mails]
-                if writer.call(renew, writer.session, OutgoingMail, ids, claimer=claimer,
-                               lease=policy.lease, now=now_) == 0:
-                    break  # another run owns them now
-                lease_until = now_ + policy.lease
+            if not heartbeat.safe(now_):
+                report.errors.append("the batch's lease could not be renewed; the rest "
+                                     "waits for the next run")
+                break
             gives_up = max(m.attempts for m in unit.mails) + 1 >= policy.max_attempts
             if down is not None:
                 writer.submit(outcomes.retry, unit, down, now_)
@@ -438,15 +507,14 @@ def send_batch(
                 report.retried += 1
                 continue
             except (ValueError, LookupError, smtplib.SMTPException) as exc:
-                # A mail the client side cannot even send (an address SMTP cannot carry, an
-                # EML that does not parse): it is retried to its cap like any failure, and
-                # the connection, in an unknown state now, is opened afresh for the rest.
+                # A mail the client side cannot compose or send (an EML that does not parse,
+                # text SMTP cannot carry): the same mail fails the same way every time, so it
+                # fails at once; the connection, in an unknown state now, is opened afresh.
                 sender.abandon()
                 error = f"cannot send: {type(exc).__name__}: {exc}"
-                writer.submit(outcomes.retry, unit, error, now_)
+                writer.submit(outcomes.failed, unit, error)
                 report.errors.append(f"{unit.key}: {error}")
-                report.failed += gives_up
-                report.retried += 1
+                report.failed += 1
                 continue
             writer.submit(outcomes.sent, unit, now_)
             sent_now[unit.recipient] = sent_now.get(unit.recipient, 0) + 1
@@ -456,5 +524,6 @@ def send_batch(
             if on_sent is not None:
                 on_sent(report.sent)
     finally:
+        heartbeat.stop()
         writer.close()
     return report

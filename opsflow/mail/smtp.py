@@ -1,16 +1,25 @@
-"""SMTP sending over one connection, with timeouts, reconnection and error kinds.
+"""SMTP sending over one connection, with timeouts, a session deadline, reconnection and
+error kinds.
 
 The outbox needs three answers from a send: accepted, refused for good (5xx: fail that mail
 at once), or not now (4xx, a lost connection, a timeout: retry later with backoff). A lost
 connection is reopened once per mail; if that fails too the server is down and the rest of the
 batch waits for the next run instead of hanging on it.
+
+The per-read `timeout` alone does not bound a session: a server that sends one continuation
+line every few seconds never lets a read time out. So every session also has a deadline
+from connect to QUIT: a timer shuts its socket when it passes, which ends any read at once.
+A healthy session is closed and reopened between mails well before its deadline.
 """
 
 from __future__ import annotations
 
 import re
 import smtplib
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -31,7 +40,8 @@ class SmtpConfig:
     security: Security = "none"
     username: str | None = None
     password: str | None = None  # never logged; the block keeps it as a SecretStr
-    timeout: float = 30.0
+    timeout: float = 30.0  # seconds for any one read or write
+    session_deadline: float = 300.0  # seconds from connect to QUIT, however the server trickles
 
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return (f"SmtpConfig(host={self.host!r}, port={self.port}, security={self.security!r}, "
@@ -57,17 +67,57 @@ class MailRefused(Exception):
         self.permanent = 500 <= code < 600
 
 
-def open_connection(config: SmtpConfig) -> smtplib.SMTP:
-    """A logged-in SMTP connection; SmtpUnavailable when the server cannot be reached."""
+class SessionDeadline:
+    """Shuts a session's socket when its deadline passes, which ends a read in progress."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.expired = False
+        self.smtp: smtplib.SMTP | None = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        sock = getattr(self.smtp, "sock", None)  # the current one: STARTTLS replaces it
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def error(self) -> SmtpUnavailable:
+        return SmtpUnavailable(f"the SMTP session passed its deadline of {self.seconds:g} s "
+                               "(the server answers too slowly)")
+
+
+def open_connection(config: SmtpConfig, deadline: SessionDeadline | None = None) -> smtplib.SMTP:
+    """A logged-in SMTP connection; SmtpUnavailable when the server cannot be reached.
+
+    With a `deadline`, its timer covers the greeting, STARTTLS and the login too."""
     try:
         if config.security == "tls":
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                config.host, config.port, timeout=config.timeout,
-                context=ssl.create_default_context())
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(timeout=config.timeout,
+                                                  context=ssl.create_default_context())
         else:
-            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
-            if config.security == "starttls":
-                smtp.starttls(context=ssl.create_default_context())
+            smtp = smtplib.SMTP(timeout=config.timeout)
+        if deadline is not None:
+            deadline.smtp = smtp
+        # Connected here rather than in the constructor so that the deadline can reach the
+        # socket during the greeting; smtplib's TLS takes the name to verify from `_host`,
+        # which only its constructor sets.
+        smtp._host = config.host  # type: ignore[attr-defined]
+        smtp.connect(config.host, config.port)
+        if config.security == "starttls":
+            smtp.starttls(context=ssl.create_default_context())
         if config.username:
             smtp.login(config.username, config.password or "")
         return smtp
@@ -75,6 +125,8 @@ def open_connection(config: SmtpConfig) -> smtplib.SMTP:
         raise SmtpUnavailable(f"SMTP login to {config.host}:{config.port} refused: "
                               f"{exc.smtp_code}") from None
     except (OSError, smtplib.SMTPException) as exc:
+        if deadline is not None and deadline.expired:
+            raise deadline.error() from None
         raise SmtpUnavailable(f"cannot reach SMTP server {config.host}:{config.port}: "
                               f"{exc}") from None
 
@@ -89,6 +141,7 @@ class MailSender:
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
         self._smtp: smtplib.SMTP | None = None
+        self._deadline: SessionDeadline | None = None
 
     def __enter__(self) -> MailSender:
         return self
@@ -97,8 +150,21 @@ class MailSender:
         self.close()
 
     def connect(self) -> None:
+        if self._smtp is not None and self._deadline is not None and \
+                self._deadline.age() > self.config.session_deadline / 2:
+            self.close()  # a long batch: a fresh session rather than one near its deadline
         if self._smtp is None:
-            self._smtp = open_connection(self.config)
+            self._deadline = SessionDeadline(self.config.session_deadline)
+            try:
+                self._smtp = open_connection(self.config, self._deadline)
+            except SmtpUnavailable:
+                self._end_deadline()
+                raise
+
+    def _end_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def close(self) -> None:
         if self._smtp is not None:
@@ -107,6 +173,7 @@ class MailSender:
             except (OSError, smtplib.SMTPException):
                 self._smtp.close()
             self._smtp = None
+        self._end_deadline()
 
     def abandon(self) -> None:
         """Close the connection without a goodbye; the next send opens a new one."""
@@ -116,6 +183,7 @@ class MailSender:
         if self._smtp is not None:
             self._smtp.close()
             self._smtp = None
+        self._end_deadline()
 
     def send(self, sender: str, recipients: Sequence[str], message: bytes,
              ready: Callable[[], None] | None = None) -> None:
@@ -140,7 +208,10 @@ class MailSender:
                     ) from None
                 raise MailRefused(exc.smtp_code, _text(exc.smtp_error)) from None
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                deadline = self._deadline
                 self._drop()
+                if deadline is not None and deadline.expired:
+                    raise deadline.error() from None  # not a lost line: a slow server
                 if attempt == 2:
                     raise SmtpUnavailable(f"connection lost: {exc or type(exc).__name__}") from None
 
