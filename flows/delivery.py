@@ -20,20 +20,16 @@ from blocks.smtp import SmtpServer
 from blocks.targets import open_transport
 from flows.jobs import job_slot
 from flows.reporting import progress, report_table, row
-from opsflow.claim import claimer_name
+from opsflow.claim import claimer_name, until_short_batch
 from opsflow.delivery import client, notify, packages, tips
 from opsflow.mail.outbox import MailPolicy, SendReport, due_count, send_batch
 from opsflow.mail.smtp import SmtpUnavailable
 from opsflow.settings import get_settings
-from opsflow.store import sessions
+from opsflow.store import sessions, store_url
 from opsflow.transports.base import Transport
 from opsflow.transports.local import LocalTransport
 
 SMTP_BLOCK = "opsflow-smtp"
-
-
-def _store(database_url: str | None) -> str:
-    return database_url or get_settings().database_url
 
 
 # --- tips ----------------------------------------------------------------------------------
@@ -51,14 +47,13 @@ def create_tips(database_url: str | None = None, batch_size: int = 1000,
                 now: datetime | None = None) -> dict[str, int]:
     """Every finalized submission gets exactly one tip per receiver."""
     with job_slot():
-        url, claimer = _store(database_url), claimer_name("create_tips:")
+        url, claimer = store_url(database_url), claimer_name("create_tips:")
         submissions = created = 0
         try:
-            while True:
-                claimed, made = create_tips_batch(url, claimer, batch_size, now)
+            for claimed, made in until_short_batch(
+                    lambda: create_tips_batch(url, claimer, batch_size, now), batch_size,
+                    taken=lambda result: result[0]):
                 submissions, created = submissions + claimed, created + made
-                if claimed < batch_size:
-                    break
         finally:
             report_table("create-tips", f"Tips: {created} created for {submissions} "
                          "finalized submissions",
@@ -83,15 +78,14 @@ def notify_receivers(database_url: str | None = None, batch_size: int = 2000,
                      ) -> dict[str, int]:
     """Queue one mail per `not notified` tip; `send_mail` sends it and marks the tip."""
     with job_slot():
-        url, claimer = _store(database_url), claimer_name("notify_receivers:")
+        url, claimer = store_url(database_url), claimer_name("notify_receivers:")
         tips_seen = queued = 0
         try:
-            while True:
-                claimed, made = queue_tip_mails_batch(url, claimer, batch_size,
-                                                      digest_window_s, now)
+            for claimed, made in until_short_batch(
+                    lambda: queue_tip_mails_batch(url, claimer, batch_size, digest_window_s,
+                                                  now),
+                    batch_size, taken=lambda result: result[0]):
                 tips_seen, queued = tips_seen + claimed, queued + made
-                if claimed < batch_size:
-                    break
         finally:
             report_table("notify-receivers", f"Notifications: {queued} mails queued for "
                          f"{tips_seen} tips",
@@ -137,7 +131,7 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
     reason (after the backoff is recorded), so that the UI shows it.
     """
     with job_slot():
-        url, claimer = _store(database_url), claimer_name("send_mail:")
+        url, claimer = store_url(database_url), claimer_name("send_mail:")
         policy = MailPolicy(max_attempts=max_attempts, hourly_limit=hourly_limit,
                             backoff_base=timedelta(seconds=backoff_base_s),
                             backoff_max=timedelta(seconds=backoff_max_s))
@@ -146,13 +140,13 @@ def send_mail(database_url: str | None = None, smtp_block: str = SMTP_BLOCK,
         total = SendReport()
         try:
             with progress("send-mail-progress", "mails due at the start", ahead) as sending:
-                while True:
-                    report = send_mail_batch(url, smtp_block, claimer, batch_size, policy, now)
+                for report in until_short_batch(
+                        lambda: send_mail_batch(url, smtp_block, claimer, batch_size, policy,
+                                                now),
+                        batch_size, taken=lambda report: report.claimed):
                     total.add(report)
                     sending.advance(report.claimed)
                     if report.server_down:  # the rest waits for the next run, no timeouts here
-                        break
-                    if report.claimed < batch_size:
                         break
         finally:
             report_table("send-mail", _mail_title(total), _mail_rows(total))
@@ -217,20 +211,19 @@ def deliver_files(database_url: str | None = None, package_folder: str | None = 
     """Package each `not yet delivered` tip (checked, encrypted when the receiver has a key),
     then push it to the target: `delivery available`, then `delivery performed`."""
     with job_slot():
-        url, claimer = _store(database_url), claimer_name("deliver_files:")
+        url, claimer = store_url(database_url), claimer_name("deliver_files:")
         folder = package_folder or str(get_settings().data_dir / "packages")
         policy = packages.DeliveryPolicy(max_attempts=max_attempts)
         total = packages.DeliveryReport()
         ahead = _tips_to_deliver(url, bool(target_block or target_folder), now)
         try:
             with progress("deliver-files-progress", "tips to deliver", ahead) as delivering:
-                while True:
-                    report = deliver_files_batch(url, claimer, batch_size, folder, target_block,
-                                                 target_folder, policy, now)
+                for report in until_short_batch(
+                        lambda: deliver_files_batch(url, claimer, batch_size, folder,
+                                                    target_block, target_folder, policy, now),
+                        batch_size, taken=lambda report: report.claimed):
                     total.add(report)
                     delivering.advance(report.claimed)
-                    if report.claimed < batch_size:
-                        break
         finally:
             report_table("deliver-files", f"File delivery: {total.performed} delivered, "
                          f"{total.available} available, {total.retried} to retry, "
@@ -272,17 +265,16 @@ def deliver_notifications(database_url: str | None = None, batch_size: int = 500
 
     E-mail and SMS items are queued for `send_mail`; memos are written at once."""
     with job_slot():
-        url, claimer = _store(database_url), claimer_name("deliver_notifications:")
+        url, claimer = store_url(database_url), claimer_name("deliver_notifications:")
         totals = {"events": 0, "delivered": 0, "waiting": 0, "removed": 0}
         errors: list[str] = []
         try:
-            while True:
-                report = deliver_notifications_batch(url, claimer, batch_size, now)
+            for report in until_short_batch(
+                    lambda: deliver_notifications_batch(url, claimer, batch_size, now),
+                    batch_size, taken=lambda report: report.events):
                 for name in totals:
                     totals[name] += getattr(report, name)
                 errors.extend(report.errors[:3])
-                if report.events < batch_size:
-                    break
         finally:
             with sessions(url)() as session:
                 notify.release_waiting(session, claimer=claimer)
@@ -324,23 +316,23 @@ def deliver_client_notifications(database_url: str | None = None,
     `on_unreachable`: "stop" fails the run when the SMTP server cannot be reached (the
     messages stay for the retry), "drop" logs each one undeliverable and removes it."""
     with job_slot():
-        url, claimer = _store(database_url), claimer_name("deliver_client_notifications:")
+        url, claimer = store_url(database_url), claimer_name("deliver_client_notifications:")
         totals = {"sent": 0, "dropped": 0}
         errors: list[str] = []
         try:
-            while True:
-                try:
-                    report = deliver_client_notifications_batch(url, smtp_block, claimer,
-                                                                batch_size, on_unreachable, now)
-                except SmtpUnavailable as exc:
-                    get_run_logger().error("SMTP server unreachable, stopping: %s", exc)
-                    errors.append(f"SMTP server unreachable: {exc}")
-                    raise
-                totals["sent"] += report.sent
-                totals["dropped"] += report.dropped
-                errors.extend(report.errors[:3])
-                if report.claimed < batch_size:
-                    break
+            batches = until_short_batch(
+                lambda: deliver_client_notifications_batch(url, smtp_block, claimer,
+                                                           batch_size, on_unreachable, now),
+                batch_size, taken=lambda report: report.claimed)
+            try:
+                for report in batches:
+                    totals["sent"] += report.sent
+                    totals["dropped"] += report.dropped
+                    errors.extend(report.errors[:3])
+            except SmtpUnavailable as exc:
+                get_run_logger().error("SMTP server unreachable, stopping: %s", exc)
+                errors.append(f"SMTP server unreachable: {exc}")
+                raise
         finally:
             report_table("deliver-client-notifications", f"Client notifications: "
                          f"{totals['sent']} sent, {totals['dropped']} dropped", [

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from uuid import UUID
 
@@ -32,6 +33,7 @@ from prefect.exceptions import ObjectNotFound
 
 from flows.jobs import job_slot
 from flows.reporting import Progress, progress, report_markdown, report_table, row
+from opsflow.claim import until_short_batch
 from opsflow.license import normalize_steps
 from opsflow.mail.outbox import MailPolicy
 from opsflow.maintenance.cleaning import EXPIRED, UNFINISHED, erase_batch, expired, unfinished
@@ -58,7 +60,7 @@ from opsflow.maintenance.statistics import complete_timeframes, record_timeframe
 from opsflow.maintenance.vacuum import upkeep
 from opsflow.retention import Cutoff, retention_cutoffs
 from opsflow.settings import get_settings
-from opsflow.store import get_engine, session_scope, sessions, utcnow
+from opsflow.store import get_engine, session_scope, sessions, store_url, utcnow
 
 # The API reads at most 200 flow runs per request, and bulk-deletes at most 50.
 MAX_BATCH = 200
@@ -270,10 +272,6 @@ async def sweep_flow_runs(
 # until its batch comes back short. The `now` parameter sets the clock (tests move it instead
 # of waiting); by default it is the time the run starts.
 
-def _store(database_url: str | None) -> str:
-    return database_url or get_settings().database_url
-
-
 def _warn(errors: list[str]) -> None:
     logger = get_run_logger()
     for error in errors[:10]:
@@ -310,12 +308,9 @@ def delete_sent_mails_batch(database_url: str, before: datetime, batch_size: int
 
 
 def _drain_sent_mails(url: str, before: datetime, batch_size: int, reason: str) -> int:
-    deleted = 0
-    while True:
-        found = delete_sent_mails_batch(url, before, batch_size, reason)
-        deleted += found
-        if found < batch_size:
-            return deleted
+    return sum(until_short_batch(
+        lambda: delete_sent_mails_batch(url, before, batch_size, reason), batch_size,
+        taken=lambda found: found))
 
 
 @flow(name="clean-expired", retries=1, retry_delay_seconds=60)
@@ -332,7 +327,7 @@ def clean_expired(database_url: str | None = None, batch_size: int = 200,
     killed at any point is finished by the next one.
     """
     settings = get_settings()
-    url, now = _store(database_url), now or utcnow()
+    url, now = store_url(database_url), now or utcnow()
     steps = normalize_steps(reminder_days if reminder_days is not None
                             else settings.expiry_reminder_days)
     unfinished_after = timedelta(hours=unfinished_hours or settings.unfinished_submission_hours)
@@ -343,11 +338,10 @@ def clean_expired(database_url: str | None = None, batch_size: int = 200,
         try:
             reminded = raced = 0
             for window in step_windows(steps, now):
-                while True:
-                    found, queued = queue_reminders_batch(url, window, now, batch_size)
+                for found, queued in until_short_batch(
+                        partial(queue_reminders_batch, url, window, now, batch_size),
+                        batch_size, taken=lambda result: result[0]):
                     reminded, raced = reminded + queued, raced + found - queued
-                    if found < batch_size:
-                        break
             rows.append(row("expiry reminders queued", reminded, raced,
                             note=f"steps {', '.join(map(str, steps))} days; skipped: another run"))
             figures["reminders"] = reminded
@@ -355,13 +349,12 @@ def clean_expired(database_url: str | None = None, batch_size: int = 200,
 
             for reason in (EXPIRED, UNFINISHED):
                 total, skip = Erased(), []
-                while True:
-                    found, erased = erase_submissions_batch(url, reason, batch_size, now,
-                                                            unfinished_after, skip)
+                for _found, erased in until_short_batch(
+                        partial(erase_submissions_batch, url, reason, batch_size, now,
+                                unfinished_after, skip),
+                        batch_size, taken=lambda result: result[0]):
                     total.add(erased)
                     skip.extend(erased.kept)
-                    if found < batch_size:
-                        break
                 rows.append(row(f"{reason} submissions deleted", total.submissions,
                                 failed=len(total.kept),
                                 note=f"{total.tips} tips, {total.files} files; "
@@ -421,7 +414,7 @@ def record_statistics(database_url: str | None = None, timeframes: int = 3,
     if count < 1:
         raise ValueError(f"nothing to count: timeframes={timeframes}, since={since}")
     starts = complete_timeframes(now, length, count)
-    url = _store(database_url)
+    url = store_url(database_url)
     rows: list[dict[str, object]] = []
     with job_slot():
         for offset in range(0, len(starts), STATISTICS_CHUNK):
@@ -481,18 +474,17 @@ def sweep_notifications(database_url: str | None = None, batch_size: int = 500,
     go to OPSFLOW_OPS_EMAIL through the mail outbox.
     """
     settings = get_settings()
-    url, now = _store(database_url), now or utcnow()
+    url, now = store_url(database_url), now or utcnow()
     policy = StuckPolicy(max_attempts=max_attempts, max_queued=timedelta(
         hours=stuck_hours or settings.mail_stuck_hours))
     mails_before = now - timedelta(days=sent_mail_days or settings.sent_mail_retention_days)
     with job_slot():
         deleted = _drain_sent_mails(url, mails_before, batch_size, "sent mail retention")
         total = StuckReport()
-        while True:
-            report = sweep_stuck_batch(url, now, policy, batch_size)
+        for report in until_short_batch(
+                lambda: sweep_stuck_batch(url, now, policy, batch_size), batch_size,
+                taken=lambda report: report.found):
             total.add(report)
-            if report.found < batch_size:
-                break
         alerted = alert_ops_task(url, total, settings.ops_email, now)
         if alerted:
             announce_ops_alerts(alerted)
@@ -552,11 +544,12 @@ def _orphan_rows(url: str, batch_size: int) -> list[dict[str, object]]:
     rows = []
     for ref in references():
         total = OrphanOutcome()
-        while True:
-            outcome = clear_orphans_batch(url, ref.label, batch_size)
+        for outcome in until_short_batch(
+                partial(clear_orphans_batch, url, ref.label, batch_size),
+                batch_size, taken=lambda outcome: outcome.found):
             total.add(outcome)
-            if outcome.found < batch_size or not (outcome.deleted or outcome.unlinked):
-                break  # done, or only orphans that stay (kept, or a file would not go)
+            if not (outcome.deleted or outcome.unlinked):
+                break  # only orphans that stay (kept, or a file would not go)
         if total.found:
             action = {"CASCADE": "deleted", "SET NULL": "reference cleared"}.get(
                 ref.on_delete, "kept: no ON DELETE, for a person to decide")
@@ -578,7 +571,7 @@ def maintain_database(database_url: str | None = None, batch_size: int = 1000,
     committed yet.
     """
     settings = get_settings()
-    url, now = _store(database_url), now or utcnow()
+    url, now = store_url(database_url), now or utcnow()
     folders = storage_folders or [str(settings.data_dir / "submissions"),
                                   str(settings.data_dir / "packages")]
     rows: list[dict[str, object]] = []
@@ -596,7 +589,7 @@ def maintain_database(database_url: str | None = None, batch_size: int = 1000,
                                 failed=len(erased.errors), note="skipped: files with a row"))
                 stepping.advance()
             after = 0
-            while True:
+            while True:  # keyset pages over every file, not a claim: `after` moves on
                 batch = check_files_batch(url, after, batch_size, now)
                 check.checked += batch.checked
                 check.marked_missing += batch.marked_missing

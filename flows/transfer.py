@@ -26,8 +26,7 @@ from blocks.targets import open_transport
 from flows.jobs import job_slot
 from flows.reporting import progress, report_markdown, report_table, row
 from opsflow.claim import claimer_name
-from opsflow.settings import get_settings
-from opsflow.store import session_scope, sessions, utcnow
+from opsflow.store import session_scope, sessions, store_url, utcnow
 from opsflow.transfer.client import (
     InProcessTransferClient,
     PermanentTransferError,
@@ -134,7 +133,7 @@ def transfer_experiment_files_flow(uid: str, destination: str, site: str,
     sha256, hash the rest while they stream. Fails with the cause (PermanentTransferError
     when no retry can help)."""
     with job_slot():
-        url = database_url or get_settings().database_url
+        url = store_url(database_url)
         with session_scope(url) as session:
             found = RecordSiteManager(session).get(site)
             if found is None:
@@ -174,7 +173,7 @@ def advance_transfers(client: str = "deployment", batch_size: int = BATCH,
     deployment), another deployment name, or "in-process" (provider and consumer in one).
     """
     with job_slot():
-        url = database_url or get_settings().database_url
+        url = store_url(database_url)
         claimer = claimer_name("advance-transfers:")
         totals: dict[str, int] = {}
         after_id = 0
@@ -220,7 +219,7 @@ def broadcast_experiment(epn: str, to: Literal["all", "owners"] = "all",
                          database_url: str | None = None) -> list[str]:
     """Register an experiment at every site (or at its owners' sites); returns the sites."""
     with job_slot():
-        url = database_url or get_settings().database_url
+        url = store_url(database_url)
         with session_scope(url) as session:
             synced = register_experiment(session, epn, RecordSiteManager(session),
                                          broadcast=(to == "all"))
@@ -238,7 +237,7 @@ def restart_transfer(uid: str, site: str | None = None, database_url: str | None
     provider's current catalogue (read from `provider_database_url`, or from the consumer's
     store when the provider shares it); reports what the catalogue changed."""
     with job_slot():
-        url = database_url or get_settings().database_url
+        url = store_url(database_url)
         catalogue = catalogue_in_store(provider_database_url, uid) if provider_database_url else None
         with session_scope(url) as session:
             restarted = restart_experiment(session, uid, site=site, catalogue=catalogue)

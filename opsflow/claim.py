@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from opsflow.store import Base, UTCDateTime, utcnow
 
 T = TypeVar("T", bound="Leased")
+R = TypeVar("R")
 
 
 class Leased:
@@ -103,3 +104,18 @@ def renew(session: Session, model: type[T], ids: Sequence[object], *, claimer: s
     )
     session.commit()
     return result.rowcount or 0
+
+
+def until_short_batch(take: Callable[[], R], batch_size: int,
+                      taken: Callable[[R], int]) -> Iterator[R]:
+    """Each batch that `take` claims, until one comes back short.
+
+    A full batch means the filter may hold more rows; a short one means the queue is drained
+    for now, and the next run (or trigger) takes what comes due later. Every queue of opsflow
+    is worked this way; a caller breaks out early to stop for a reason of its own.
+    """
+    while True:
+        result = take()
+        yield result
+        if taken(result) < batch_size:
+            return

@@ -19,6 +19,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from opsflow.settings import get_settings
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 # Stable constraint names, so that migrations can name what they alter on both databases.
@@ -75,6 +77,14 @@ def _prepare_sqlite(engine: Engine) -> None:
 
 
 @lru_cache(maxsize=8)
+def store_url(given: str | None = None) -> str:
+    """The record store a flow or command works on: the one it was given, else the setting.
+
+    Flows take an optional `database_url` parameter (tests and scale-out pass one); most runs
+    leave it empty and use OPSFLOW_DATABASE_URL."""
+    return given or get_settings().database_url
+
+
 def get_engine(url: str) -> Engine:
     """One engine per URL and process; a SQLite file's folder is created on first use."""
     parsed = make_url(url)

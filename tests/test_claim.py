@@ -113,3 +113,20 @@ def test_two_racing_claimers_on_sqlite_processes(sqlite_url: str) -> None:
         thread.join(timeout=120)
     assert not set(taken["a"]) & set(taken["b"])
     assert len(taken["a"]) + len(taken["b"]) == 300
+
+
+def test_until_short_batch_stops_after_the_first_short_batch() -> None:
+    from opsflow.claim import until_short_batch
+
+    sizes = iter([3, 3, 1, 3])  # the fourth batch must never be taken
+    taken = list(until_short_batch(lambda: next(sizes), 3, taken=lambda n: n))
+    assert taken == [3, 3, 1]
+    assert next(sizes) == 3
+
+
+def test_until_short_batch_takes_one_empty_batch_from_an_empty_queue() -> None:
+    from opsflow.claim import until_short_batch
+
+    calls: list[int] = []
+    assert list(until_short_batch(lambda: calls.append(0) or 0, 5, taken=lambda n: n)) == [0]
+    assert calls == [0]
