@@ -38,13 +38,13 @@ from opsflow.jobs import (
     API_LOCK_VARIABLE,
     JOB_LIMIT,
     JobRequest,
-    JobSettings,
     LockState,
     check_submission,
     hand_back_from_tags,
     is_exclusive,
     slots_to_occupy,
 )
+from opsflow.settings import get_settings
 from opsflow.store import utcnow
 
 logger = get_logger("opsflow.jobs")
@@ -62,7 +62,7 @@ def ensure_job_limits(slots: int | None = None) -> int:
 
     Returns the number of slots, which is what an exclusive run occupies.
     """
-    wanted = slots if slots is not None else JobSettings().job_slots
+    wanted = slots if slots is not None else get_settings().job_slots
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(JOB_LIMIT, wanted)
     return wanted

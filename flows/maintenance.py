@@ -32,7 +32,6 @@ from prefect.exceptions import ObjectNotFound
 from flows.jobs import job_slot
 from flows.reporting import Progress, progress, report_table, row
 from opsflow.delivery.outbox import MailPolicy
-from opsflow.license import normalize_steps
 from opsflow.maintenance.cleaning import EXPIRED, UNFINISHED, erase_batch, expired, unfinished
 from opsflow.maintenance.erase import Erased
 from opsflow.maintenance.mail_sweep import (
@@ -56,7 +55,7 @@ from opsflow.maintenance.reminders import StepWindow, queue_reminders, step_wind
 from opsflow.maintenance.statistics import complete_timeframes, record_timeframe, timeframe_start
 from opsflow.maintenance.vacuum import upkeep
 from opsflow.retention import Cutoff, retention_cutoffs
-from opsflow.settings import get_settings
+from opsflow.settings import get_settings, normalize_steps
 from opsflow.store import get_engine, session_scope, sessions, utcnow
 
 # The API reads at most 200 flow runs per request, and bulk-deletes at most 50.

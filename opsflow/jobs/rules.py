@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 # The global concurrency limit every opsflow flow takes a slot of.
 JOB_LIMIT = "opsflow-jobs"
 # The Prefect Variable that holds the API lock, where every process and the UI see it.
@@ -25,18 +22,6 @@ API_LOCK_VARIABLE = "opsflow-api-lock"
 EXCLUSIVE_TAG = "opsflow:exclusive"
 RUNS_WHEN_LOCKED_TAG = "opsflow:runs-when-locked"
 HAND_BACK_TAG_PREFIX = "opsflow:hand-back:"
-
-
-class JobSettings(BaseSettings):
-    """Job options read from `OPSFLOW_*` variables (kept beside the jobs, not in settings.py)."""
-
-    model_config = SettingsConfigDict(env_prefix="OPSFLOW_", extra="ignore")
-
-    job_slots: int = Field(
-        default=10, ge=1, le=1000,
-        description="Slots of the opsflow-jobs limit: ordinary runs beside each other; an "
-        "exclusive run takes them all.",
-    )
 
 
 class JobRequestError(ValueError):
