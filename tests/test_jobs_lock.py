@@ -138,9 +138,9 @@ def test_the_cli_submits_locks_and_reads_status(deployment: str, capsys) -> None
     assert main(["jobs", "status"]) == 0
     assert "submissions are locked" in capsys.readouterr().out
     assert main(["jobs", "unlock"]) == 0
-    assert main(["jobs", "submit", deployment, "--start-at", "2030-01-01T02:00:00"]) == 1
+    assert main(["jobs", "submit", deployment, "--start-at", "2030-01-01T02:00:00"]) == 2
     assert "has no time zone" in capsys.readouterr().err
     assert main(["jobs", "submit", "opsflow-test-job/no-such-deployment"]) == 1
     assert "does not exist" in capsys.readouterr().err
-    assert main(["jobs", "status", "not-a-run"]) == 1
+    assert main(["jobs", "status", "not-a-run"]) == 2
     assert capsys.readouterr().err == "opsflow: 'not-a-run' is not a flow run id (a UUID)\n"
