@@ -42,8 +42,9 @@ def _run(command: Callable[..., list[str]], **arguments: Any) -> None:
     from opsflow.store import session_scope
     from opsflow.transfer.commands import REFUSALS
 
+    url = check_store()  # outside the try: a bad setting is a ValueError too, but exits 2
     try:
-        with session_scope(check_store()) as session:
+        with session_scope(url) as session:
             lines = command(session, **arguments)
     except REFUSALS as exc:
         raise CommandError(str(exc)) from None
