@@ -6,6 +6,9 @@
   it says who locked and why, and reading it never needs a slot. A global concurrency limit
   switched active/inactive was the other candidate, but an inactive limit only stops limiting;
   it cannot refuse a submission nor carry a reason.
+- The lock refuses at the start of a run too: `job_slot`, which every flow holds, fails a run
+  that was submitted around `opsflow jobs submit` while locked ("API locked"), so a
+  `prefect deployment run`, the UI's Run button and `run_deployment` are refused alike.
 - Exclusive jobs: every opsflow flow holds one slot of the `opsflow-jobs` global concurrency
   limit while it works (`with job_slot():`); an exclusive run holds all of them, so it starts
   only when nothing else runs and nothing starts beside it.
@@ -39,6 +42,8 @@ from opsflow.jobs import (
     JOB_LIMIT,
     JobRequest,
     LockState,
+    RunOrigin,
+    check_run_start,
     check_submission,
     hand_back_from_tags,
     is_exclusive,
@@ -83,14 +88,40 @@ def current_run_tags() -> list[str]:
     return list(context.flow_run.tags) if context and context.flow_run else []
 
 
+def current_run_origin() -> RunOrigin | None:
+    """How the running flow run came to be, or None outside a flow run."""
+    context = FlowRunContext.get()
+    flow_run = context.flow_run if context else None
+    if flow_run is None:
+        return None
+    created_by = flow_run.created_by
+    return RunOrigin(
+        created=flow_run.created,
+        tags=tuple(flow_run.tags),
+        from_deployment=flow_run.deployment_id is not None,
+        subflow=flow_run.parent_task_run_id is not None,
+        scheduled=bool(flow_run.auto_scheduled),
+        by_automation=bool(created_by and created_by.type == "AUTOMATION"),
+    )
+
+
+def refuse_if_locked() -> None:
+    """Fail the current run with "API locked" when it was submitted around the lock."""
+    origin = current_run_origin()
+    if origin is not None and origin.from_deployment and not origin.subflow:
+        check_run_start(origin, read_lock())
+
+
 @contextmanager
 def job_slot(exclusive: bool | None = None) -> Iterator[int]:
     """Hold one slot of the job limit, or every slot for an exclusive run, while working.
 
     `exclusive=None` reads the run's own tags, so a job submitted with `--exclusive` is
     exclusive without its flow knowing. Usable as `with job_slot():` or `@job_slot()`.
-    Yields the number of slots held.
+    Yields the number of slots held. A run submitted while the API is locked, and not allowed
+    to run then, is refused here with `ApiLocked` ("API locked"), before it takes a slot.
     """
+    refuse_if_locked()
     if exclusive is None:
         exclusive = is_exclusive(current_run_tags())
     occupy = slots_to_occupy(exclusive=exclusive, limit=job_limit_slots())
@@ -120,8 +151,9 @@ def lock_api(reason: str = "", by: str | None = None) -> LockState:
     return state
 
 
-def unlock_api() -> LockState:
-    state = LockState(locked=False)
+def unlock_api(by: str | None = None) -> LockState:
+    """Lift the lock; the variable keeps who unlocked and when, as the lock kept who locked."""
+    state = LockState(locked=False, by=by or who(), since=utcnow())
     Variable.set(API_LOCK_VARIABLE, state.to_value(), overwrite=True)
     return state
 
@@ -141,7 +173,9 @@ def submit_job(request: JobRequest) -> FlowRun:
         timeout=0,
         tags=request.run_tags(),
     )
-    logger.info("submitted %s as flow run %s", request.deployment, flow_run.id)
+    # Logged where a flow submits a job; the CLI prints its own line, so not twice there.
+    log = logger.info if FlowRunContext.get() is not None else logger.debug
+    log("submitted %s as flow run %s", request.deployment, flow_run.id)
     return flow_run
 
 

@@ -20,6 +20,7 @@ from deployments.cli import main
 from flows.jobs import (
     JOB_HOOKS,
     Outcome,
+    job_slot,
     lock_api,
     read_lock,
     read_run,
@@ -44,6 +45,13 @@ def sample_job(count: int = 1, fail: bool = False) -> int:
     return count * 2
 
 
+@flow(name="opsflow-test-slot-job")
+def slot_job(count: int = 1) -> int:
+    """A job as every opsflow flow is: its work inside `job_slot()`."""
+    with job_slot():
+        return count * 2
+
+
 @pytest.fixture
 def deployment(prefect_harness: None) -> str:
     """A fresh deployment of `sample_job`; its FLOW/DEPLOYMENT name."""
@@ -54,12 +62,11 @@ def deployment(prefect_harness: None) -> str:
     unlock_api()
 
 
-def execute(flow_run_id) -> str:
+def execute(flow_run_id, job=sample_job) -> str:
     """Run a submitted flow run here, as a worker would; its final state's name."""
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_run_id)
-    run_flow(sample_job, flow_run=flow_run, parameters=flow_run.parameters,
-             return_type="state")
+    run_flow(job, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
     return read_run(flow_run_id).state.name
 
 
@@ -144,3 +151,49 @@ def test_the_cli_submits_locks_and_reads_status(deployment: str, capsys) -> None
     assert "does not exist" in capsys.readouterr().err
     assert main(["jobs", "status", "not-a-run"]) == 2
     assert capsys.readouterr().err == "opsflow: 'not-a-run' is not a flow run id (a UUID)\n"
+
+
+@pytest.fixture
+def slot_deployment(prefect_harness: None) -> str:
+    """A fresh deployment of `slot_job`, whose flow holds a job slot as every opsflow flow."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_deployment(flow_id=client.create_flow(slot_job), name=name)
+    yield f"opsflow-test-slot-job/{name}"
+    unlock_api()
+
+
+def test_a_run_made_around_the_cli_while_locked_fails_saying_api_locked(
+        slot_deployment: str) -> None:
+    from prefect.deployments import run_deployment
+
+    earlier = run_deployment(slot_deployment, timeout=0)  # submitted before the lock
+    lock_api(reason="restoring a backup", by="ops@test")
+    # What `prefect deployment run`, the UI's Run button and Python's run_deployment do.
+    refused = run_deployment(slot_deployment, parameters={"count": 2}, timeout=0)
+    allowed = run_deployment(slot_deployment, timeout=0, tags=["opsflow:runs-when-locked"])
+
+    assert execute(refused.id, slot_job) == "Failed"
+    assert "API locked" in read_run(refused.id).state.message
+    assert execute(allowed.id, slot_job) == "Completed"
+    assert execute(earlier.id, slot_job) == "Completed"
+
+    unlock_api(by="ops@test")
+    assert execute(run_deployment(slot_deployment, timeout=0).id, slot_job) == "Completed"
+
+
+def test_the_lock_variable_records_who_unlocked(deployment: str, capsys) -> None:
+    assert main(["jobs", "lock", "--reason", "r"]) == 0
+    unlock_api(by="someone@host")
+    state = read_lock()
+    assert not state.locked and state.by == "someone@host" and state.since is not None
+    assert main(["jobs", "status"]) == 0
+    assert "submissions are unlocked since" in capsys.readouterr().out
+
+
+def test_submit_says_what_it_did_once(deployment: str, capfd) -> None:
+    assert main(["jobs", "submit", deployment]) == 0
+    captured = capfd.readouterr()
+    run_id = captured.out.split()[2]
+    assert captured.out.count(run_id) == 2, captured.out  # the line and the run's URL
+    assert run_id not in captured.err, captured.err

@@ -77,6 +77,8 @@ class LockState:
 
     def describe(self) -> str:
         if not self.locked:
+            if self.by and self.since:
+                return f"unlocked since {self.since.isoformat(timespec='seconds')} by {self.by}"
             return "unlocked"
         parts = ["locked"]
         if self.since:
@@ -169,6 +171,39 @@ def check_submission(request: JobRequest, lock: LockState) -> None:
             f"submissions are {lock.describe()}; {request.deployment} was not submitted "
             "(`opsflow jobs unlock` lifts the lock; a job that may run while locked is "
             "submitted with --runs-when-locked)")
+
+
+@dataclass(frozen=True)
+class RunOrigin:
+    """What a starting flow run says about how it came to be (read from its Prefect record)."""
+
+    created: datetime | None
+    tags: tuple[str, ...] = ()
+    from_deployment: bool = True
+    subflow: bool = False
+    scheduled: bool = False  # made by a deployment's schedule
+    by_automation: bool = False  # made by a trigger (an event, e.g. the folder sensor's)
+
+
+def check_run_start(origin: RunOrigin, lock: LockState) -> None:
+    """Refuse a run that started from a submission made while the API is locked.
+
+    `opsflow jobs submit` checks the lock before it submits; this check catches what goes
+    around it (`prefect deployment run`, the UI's Run button, `run_deployment` in Python),
+    at the start of the run, in `job_slot` which every opsflow flow holds. What goes on while
+    locked: runs of the schedules and triggers (the system's own work), jobs marked to run
+    when locked, runs submitted before the lock, subflows of a run that was let through, and
+    flows called as plain Python functions (no deployment).
+    """
+    if not lock.locked or not origin.from_deployment or origin.subflow:
+        return
+    if origin.scheduled or origin.by_automation or RUNS_WHEN_LOCKED_TAG in origin.tags:
+        return
+    if origin.created is not None and lock.since is not None and origin.created < lock.since:
+        return
+    raise ApiLocked(
+        f"API locked: submissions are {lock.describe()}; this run was refused (a job that "
+        "may run while locked is submitted with --runs-when-locked)")
 
 
 def slots_to_occupy(*, exclusive: bool, limit: int) -> int:
