@@ -225,7 +225,7 @@ async def _sweep_cutoff(cutoff: Cutoff, failed: dict[UUID, str], batch_size: int
     }
 
 
-@flow(name="sweep_flow_runs", log_prints=True)
+@flow(name="sweep-flow-runs", log_prints=True)
 async def sweep_flow_runs(
     completed_hours: float | None = None,
     failed_days: float | None = None,

@@ -197,3 +197,26 @@ def test_submit_says_what_it_did_once(deployment: str, capfd) -> None:
     run_id = captured.out.split()[2]
     assert captured.out.count(run_id) == 2, captured.out  # the line and the run's URL
     assert run_id not in captured.err, captured.err
+
+
+def test_without_prefect_api_url_jobs_lock_the_server_of_opsflow_up(
+        deployment: str, monkeypatch, capsys) -> None:
+    """PREFECT_API_URL unset: `jobs lock` reaches OPSFLOW_PREFECT_HOST/PORT (here the test
+    server stands in for `opsflow up`'s), not a temporary server of its own."""
+    from urllib.parse import urlsplit
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from opsflow import settings as settings_module
+
+    served = urlsplit(PREFECT_API_URL.value())
+    monkeypatch.setenv("OPSFLOW_PREFECT_HOST", served.hostname)
+    monkeypatch.setenv("OPSFLOW_PREFECT_PORT", str(served.port))
+    settings_module.get_settings.cache_clear()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: None}):
+            assert main(["jobs", "lock", "--reason", "maintenance window"]) == 0
+        assert read_lock().locked and read_lock().reason == "maintenance window"
+    finally:
+        monkeypatch.undo()
+        settings_module.get_settings.cache_clear()
