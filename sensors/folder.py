@@ -274,17 +274,28 @@ def run(
                                             help="do not emit Prefect events")] = False,
 ) -> None:
     """Run the folder sensors in the foreground until Ctrl-C or SIGTERM."""
-    from opsflow.settings import get_settings
+    from contextlib import nullcontext
+
+    # The command line's checks, shared by every `opsflow` command (imported here only:
+    # the sensor itself needs none of it).
+    from deployments.cli_support import check_store, prefect_server
 
     if local_folder and not name:
         raise typer.BadParameter("--local-folder needs --name", param_hint="--local-folder")
+    url = check_store(database_url)  # never creates the store, and it must be migrated
+    # Blocks and events need the Prefect server of `opsflow up`, never a temporary one.
+    with nullcontext() if local_folder and no_events else prefect_server():
+        _run_sensors(mapping, local_folder, name or "", settle, exclude or [], url,
+                     None if no_events else emit_prefect_event)
+
+
+def _run_sensors(mapping: list[str] | None, local_folder: Path | None, name: str, settle: float,
+                 exclude: list[str], url: str, emit: Callable[[str, int], None] | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    url = database_url or get_settings().database_url
-    emit = None if no_events else emit_prefect_event
     sensor: FolderSensor | None = None
     if local_folder:
-        settings = MappingSettings(name=name or "", local_root=local_folder.resolve(),
-                                   settle_seconds=settle, exclude=tuple(exclude or ()))
+        settings = MappingSettings(name=name, local_root=local_folder.resolve(),
+                                   settle_seconds=settle, exclude=tuple(exclude))
         sensor = FolderSensor(settings, url, emit=emit).start()
         stop = sensor.stop
     else:

@@ -25,6 +25,7 @@ STORE_COMMANDS = [
     ["transfer", "restart", "tardis.42"],
     ["transfer", "catalogue", "7", "/tmp", "--owner", "a@b.example"],
     ["transfer", "site", "x", "--block", "opsflow-sftp-server/x"],
+    ["sensors", "run", "--local-folder", "/tmp", "--name", "x", "--no-events"],
 ]
 JOB_COMMANDS = [
     ["jobs", "status"],
@@ -143,3 +144,36 @@ def test_a_bad_argument_is_one_line_exit_2(
     assert main(command) == 2
     one_line(capsys)
     assert not environment.exists()
+
+
+def test_the_sensor_runs_from_the_command_line_and_stops_on_sigterm(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """`python -m sensors.folder` (what the memory benchmark starts) is `opsflow sensors run`."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    from deployments.definitions import PROJECT_DIR
+
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    sensor = subprocess.Popen(
+        [sys.executable, "-m", "sensors.folder", "--local-folder", str(watched), "--name", "t",
+         "--no-events", "--database-url", sqlite_url],
+        cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)})
+    try:
+        assert sensor.stdout is not None
+        ready, _, _ = select.select([sensor.stdout], [], [], 120)
+        assert ready, "waited 120 s for the sensor's first line ('sensor ready')"
+        first = sensor.stdout.readline().strip()
+        assert first == "sensor ready", sensor.stderr.read() if sensor.stderr else first
+        sensor.send_signal(signal.SIGTERM)
+        out, _ = sensor.communicate(timeout=60)
+    finally:
+        if sensor.poll() is None:
+            sensor.kill()
+    assert sensor.returncode == 0
+    assert "sensor stopped: 0 events" in out
