@@ -129,6 +129,17 @@ def test_jobs_without_a_prefect_server_say_so_and_start_none(
     one_line(capsys, f"no Prefect server answers at http://127.0.0.1:{port}/api", "opsflow up")
 
 
+@pytest.mark.parametrize("command", JOB_COMMANDS, ids=" ".join)
+def test_jobs_with_prefect_api_url_of_a_stopped_server_say_so(
+        command: list[str], environment: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = f"http://127.0.0.1:{free_port()}/api"
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        assert main(command) == 1
+    one_line(capsys, f"no Prefect server answers at {api}", "PREFECT_API_URL")
+
+
 @pytest.mark.parametrize("command", [["mail", "status", "--failed", "-1"],
                                      ["sync", "status", "--failed", "-1"],
                                      ["jobs", "submit", "no-slash"],

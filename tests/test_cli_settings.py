@@ -27,6 +27,7 @@ COMMANDS = [
     ["transfer", "42"],
     ["deployments", "list"],
     ["deployments", "yaml"],
+    ["sensors", "run", "--local-folder", "/tmp", "--name", "x", "--no-events"],
 ]
 
 BAD = [
