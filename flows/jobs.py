@@ -40,6 +40,7 @@ from prefect.variables import Variable
 from opsflow.jobs import (
     API_LOCK_VARIABLE,
     JOB_LIMIT,
+    ApiLocked,
     JobRequest,
     LockState,
     RunOrigin,
@@ -106,10 +107,22 @@ def current_run_origin() -> RunOrigin | None:
 
 
 def refuse_if_locked() -> None:
-    """Fail the current run with "API locked" when it was submitted around the lock."""
+    """Fail the current run with "API locked" when it was submitted around the lock.
+
+    A refused run is refused, not postponed: its retries are taken away first, or a flow
+    with retries would try again after its delay and slip through once the lock is lifted.
+    """
+    context = FlowRunContext.get()
     origin = current_run_origin()
-    if origin is not None and origin.from_deployment and not origin.subflow:
+    if context is None or origin is None or not origin.from_deployment or origin.subflow:
+        return
+    try:
         check_run_start(origin, read_lock())
+    except ApiLocked:
+        policy = context.flow_run.empirical_policy.model_copy(update={"retries": 0})
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(context.flow_run.id, empirical_policy=policy)
+        raise
 
 
 @contextmanager

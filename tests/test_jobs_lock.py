@@ -45,7 +45,7 @@ def sample_job(count: int = 1, fail: bool = False) -> int:
     return count * 2
 
 
-@flow(name="opsflow-test-slot-job")
+@flow(name="opsflow-test-slot-job", retries=2, retry_delay_seconds=30)
 def slot_job(count: int = 1) -> int:
     """A job as every opsflow flow is: its work inside `job_slot()`."""
     with job_slot():
@@ -175,6 +175,7 @@ def test_a_run_made_around_the_cli_while_locked_fails_saying_api_locked(
 
     assert execute(refused.id, slot_job) == "Failed"
     assert "API locked" in read_run(refused.id).state.message
+    assert read_run(refused.id).run_count == 1, "a refused run is not retried"
     assert execute(allowed.id, slot_job) == "Completed"
     assert execute(earlier.id, slot_job) == "Completed"
 
