@@ -89,35 +89,44 @@ def current_run_tags() -> list[str]:
     return list(context.flow_run.tags) if context and context.flow_run else []
 
 
-def current_run_origin() -> RunOrigin | None:
-    """How the running flow run came to be, or None outside a flow run."""
-    context = FlowRunContext.get()
-    flow_run = context.flow_run if context else None
-    if flow_run is None:
-        return None
+def run_origin(flow_run: FlowRun) -> RunOrigin:
+    """How a flow run came to be, as the lock's rule reads it."""
     created_by = flow_run.created_by
     return RunOrigin(
         created=flow_run.created,
         tags=tuple(flow_run.tags),
         from_deployment=flow_run.deployment_id is not None,
-        subflow=flow_run.parent_task_run_id is not None,
         scheduled=bool(flow_run.auto_scheduled),
         by_automation=bool(created_by and created_by.type == "AUTOMATION"),
     )
 
 
+def root_run(flow_run: FlowRun) -> FlowRun:
+    """The run a subflow belongs to: a subflow is let through when its root run is."""
+    with get_client(sync_client=True) as client:
+        while flow_run.parent_task_run_id is not None:
+            parent_task = client.read_task_run(flow_run.parent_task_run_id)
+            if parent_task.flow_run_id is None:
+                break
+            flow_run = client.read_flow_run(parent_task.flow_run_id)
+    return flow_run
+
+
 def refuse_if_locked() -> None:
-    """Fail the current run with "API locked" when it was submitted around the lock.
+    """Fail the current run with "API locked" when it (or the run it is a subflow of) was
+    submitted around the lock. Costs one read of the lock variable while unlocked.
 
     A refused run is refused, not postponed: its retries are taken away first, or a flow
     with retries would try again after its delay and slip through once the lock is lifted.
     """
     context = FlowRunContext.get()
-    origin = current_run_origin()
-    if context is None or origin is None or not origin.from_deployment or origin.subflow:
+    if context is None or context.flow_run is None:
+        return
+    lock = read_lock()
+    if not lock.locked:
         return
     try:
-        check_run_start(origin, read_lock())
+        check_run_start(run_origin(root_run(context.flow_run)), lock)
     except ApiLocked:
         policy = context.flow_run.empirical_policy.model_copy(update={"retries": 0})
         with get_client(sync_client=True) as client:

@@ -52,6 +52,12 @@ def slot_job(count: int = 1) -> int:
         return count * 2
 
 
+@flow(name="opsflow-test-parent-job")
+def parent_job() -> int:
+    """A flow that holds no slot itself and does its work in a subflow (as sync-all-folders)."""
+    return slot_job(3)
+
+
 @pytest.fixture
 def deployment(prefect_harness: None) -> str:
     """A fresh deployment of `sample_job`; its FLOW/DEPLOYMENT name."""
@@ -221,3 +227,21 @@ def test_without_prefect_api_url_jobs_lock_the_server_of_opsflow_up(
     finally:
         monkeypatch.undo()
         settings_module.get_settings.cache_clear()
+
+
+def test_a_subflow_is_judged_by_the_run_it_belongs_to(prefect_harness: None) -> None:
+    from prefect.deployments import run_deployment
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_deployment(flow_id=client.create_flow(parent_job), name=name)
+    try:
+        lock_api(reason="restoring a backup", by="ops@test")
+        refused = run_deployment(f"opsflow-test-parent-job/{name}", timeout=0)
+        allowed = run_deployment(f"opsflow-test-parent-job/{name}", timeout=0,
+                                 tags=["opsflow:runs-when-locked"])
+        assert execute(refused.id, parent_job) == "Failed"
+        assert "API locked" in read_run(refused.id).state.message
+        assert execute(allowed.id, parent_job) == "Completed"
+    finally:
+        unlock_api()

@@ -82,7 +82,6 @@ def test_a_run_started_around_the_lock_is_refused_schedules_and_allowed_jobs_go_
                     RunOrigin(created=after, by_automation=True),
                     RunOrigin(created=after, tags=(RUNS_WHEN_LOCKED_TAG,)),
                     RunOrigin(created=before),
-                    RunOrigin(created=after, subflow=True),
                     RunOrigin(created=after, from_deployment=False)):
         check_run_start(allowed, lock)
     check_run_start(RunOrigin(created=after), LockState(locked=False, by="ops@host",

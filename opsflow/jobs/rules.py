@@ -180,7 +180,6 @@ class RunOrigin:
     created: datetime | None
     tags: tuple[str, ...] = ()
     from_deployment: bool = True
-    subflow: bool = False
     scheduled: bool = False  # made by a deployment's schedule
     by_automation: bool = False  # made by a trigger (an event, e.g. the folder sensor's)
 
@@ -192,10 +191,10 @@ def check_run_start(origin: RunOrigin, lock: LockState) -> None:
     around it (`prefect deployment run`, the UI's Run button, `run_deployment` in Python),
     at the start of the run, in `job_slot` which every opsflow flow holds. What goes on while
     locked: runs of the schedules and triggers (the system's own work), jobs marked to run
-    when locked, runs submitted before the lock, subflows of a run that was let through, and
-    flows called as plain Python functions (no deployment).
+    when locked, runs submitted before the lock, and flows called as plain Python functions
+    (no deployment). A subflow is judged by the run it belongs to (the caller's business).
     """
-    if not lock.locked or not origin.from_deployment or origin.subflow:
+    if not lock.locked or not origin.from_deployment:
         return
     if origin.scheduled or origin.by_automation or RUNS_WHEN_LOCKED_TAG in origin.tags:
         return
