@@ -44,7 +44,7 @@ def check_settings() -> None:
     get_settings()
 
 
-db_app = typer.Typer(help="record store administration", no_args_is_help=True)
+db_app = typer.Typer(help="The record store: apply its migrations.", no_args_is_help=True)
 
 
 @db_app.command("upgrade")

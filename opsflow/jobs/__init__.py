@@ -2,7 +2,8 @@
 
 Prefect is the generator: a job is a flow run of a deployment. What is decided before the
 run exists (may it be submitted now, which tags say it is exclusive or runs when locked, whom
-it is handed back to) is plain Python here, so the CLI, the flows and the tests share it.
+it is handed back to) and when it starts (may it run while the API is locked) is plain Python
+here, so the CLI, the flows and the tests share it.
 """
 
 from opsflow.jobs.rules import (
