@@ -13,8 +13,11 @@ from pathlib import Path
 
 from opsflow.settings import SettingsError, get_settings
 
-# How long a command waits for a database or server that does not answer.
-CONNECT_TIMEOUT_SECONDS = 5
+# How long a command waits for a database or server that does not answer. A refused
+# connection fails at once; these are for a host that is silent, or a server that is busy (the
+# local Prefect server under load takes seconds to answer its health check).
+CONNECT_TIMEOUT_SECONDS = 10
+SERVER_TIMEOUT_SECONDS = 30
 
 
 class CommandError(RuntimeError):
@@ -126,7 +129,7 @@ def prefect_server() -> Iterator[str]:
 
     api_url = (PREFECT_API_URL.value() or "").rstrip("/") or get_settings().prefect_api_url
     try:
-        answer = httpx.get(f"{api_url}/health", timeout=CONNECT_TIMEOUT_SECONDS)
+        answer = httpx.get(f"{api_url}/health", timeout=SERVER_TIMEOUT_SECONDS)
         answer.raise_for_status()
     except httpx.HTTPError as exc:
         raise CommandError(f"no Prefect server answers at {api_url} ({first_line(exc)}); start "
