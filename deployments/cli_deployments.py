@@ -8,58 +8,78 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from deployments.cli_support import CommandError, UsageError
+
+deployments_app = typer.Typer(
+    help="The deployment list and prefect.yaml. Every deployment is defined once, in "
+    "deployments/definitions.py; `opsflow up` serves it and prefect.yaml is generated from it.",
+    no_args_is_help=True,
+)
+
+UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
 
 
-def _list(args: argparse.Namespace) -> int:
+def human_interval(interval: timedelta) -> str:
+    """`every 30 s`, `every 5 min`, `every 1 h 30 min`: how an operator says it."""
+    seconds = int(interval.total_seconds())
+    parts = []
+    for unit, size in UNITS:
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {unit}")
+    return "every " + (" ".join(parts) or "0 s")
+
+
+def schedule_text(cron: str | None, interval: timedelta | None, triggers: int) -> str:
+    when = f"cron {cron} (UTC)" if cron else human_interval(interval) if interval else "on demand"
+    return when + (f" + {triggers} trigger(s)" if triggers else "")
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Rows as left-aligned columns, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                     .rstrip() for row in rows)
+
+
+@deployments_app.command("list")
+def list_deployments() -> None:
+    """Print every deployment with its entrypoint and schedule."""
     from deployments.definitions import DEPLOYMENTS
 
-    for spec in DEPLOYMENTS:
-        when = spec.cron or (f"every {spec.interval}" if spec.interval else "on demand")
-        triggers = f" + {len(spec.triggers)} trigger(s)" if spec.triggers else ""
-        print(f"{spec.name}\t{spec.entrypoint}\t{when}{triggers}")
-    return 0
+    rows = [("DEPLOYMENT", "ENTRYPOINT", "SCHEDULE")]
+    rows += [(spec.name, spec.entrypoint,
+              schedule_text(spec.cron, spec.interval, len(spec.triggers))) for spec in DEPLOYMENTS]
+    print(table(rows))
 
 
-def _yaml(args: argparse.Namespace) -> int:
+@deployments_app.command("yaml")
+def yaml(
+    write: Annotated[bool, typer.Option("--write", help="write the project's prefect.yaml")]
+    = False,
+    check: Annotated[bool, typer.Option(
+        "--check", help="exit 1 if the project's prefect.yaml differs from the list")] = False,
+) -> None:
+    """Print, write or check prefect.yaml (the same deployments on a process work pool)."""
     from deployments.definitions import PROJECT_DIR, render_prefect_yaml
 
+    if write and check:
+        raise UsageError("--write and --check do not go together")
     text = render_prefect_yaml()
     target = PROJECT_DIR / "prefect.yaml"
-    if args.check:
+    if check:
         current = target.read_text() if target.exists() else ""
         if current != text:
-            print(f"opsflow: {target} is out of date; run `opsflow deployments yaml --write`",
-                  file=sys.stderr)
-            return 1
+            raise CommandError(f"{target} is out of date; run `opsflow deployments yaml --write`")
         print(f"{target} is up to date")
-        return 0
-    if args.write:
+    elif write:
         target.write_text(text)
         print(f"wrote {target}")
-        return 0
-    sys.stdout.write(text)
-    return 0
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    group = commands.add_parser(
-        "deployments",
-        help="the deployment list and prefect.yaml",
-        description="Every deployment is defined once, in deployments/definitions.py; "
-        "`opsflow up` serves it and prefect.yaml is generated from it.",
-    )
-    sub = group.add_subparsers(dest="deployments_command", metavar="DEPLOYMENTS_COMMAND",
-                               required=True)
-    listing = sub.add_parser("list", help="print every deployment with its schedule")
-    listing.set_defaults(handler=_list)
-    yaml = sub.add_parser(
-        "yaml",
-        help="print, write or check prefect.yaml (the same deployments on a process work pool)",
-    )
-    mode = yaml.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="write the project's prefect.yaml")
-    mode.add_argument("--check", action="store_true",
-                      help="exit 1 if the project's prefect.yaml differs from the list")
-    yaml.set_defaults(handler=_yaml)
+    else:
+        sys.stdout.write(text)

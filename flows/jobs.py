@@ -6,6 +6,9 @@
   it says who locked and why, and reading it never needs a slot. A global concurrency limit
   switched active/inactive was the other candidate, but an inactive limit only stops limiting;
   it cannot refuse a submission nor carry a reason.
+- The lock refuses at the start of a run too: `job_slot`, which every flow holds, fails a run
+  that was submitted around `opsflow jobs submit` while locked ("API locked"), so a
+  `prefect deployment run`, the UI's Run button and `run_deployment` are refused alike.
 - Exclusive jobs: every opsflow flow holds one slot of the `opsflow-jobs` global concurrency
   limit while it works (`with job_slot():`); an exclusive run holds all of them, so it starts
   only when nothing else runs and nothing starts beside it.
@@ -37,14 +40,17 @@ from prefect.variables import Variable
 from opsflow.jobs import (
     API_LOCK_VARIABLE,
     JOB_LIMIT,
+    ApiLocked,
     JobRequest,
-    JobSettings,
     LockState,
+    RunOrigin,
+    check_run_start,
     check_submission,
     hand_back_from_tags,
     is_exclusive,
     slots_to_occupy,
 )
+from opsflow.settings import get_settings
 from opsflow.store import utcnow
 
 logger = get_logger("opsflow.jobs")
@@ -62,7 +68,7 @@ def ensure_job_limits(slots: int | None = None) -> int:
 
     Returns the number of slots, which is what an exclusive run occupies.
     """
-    wanted = slots if slots is not None else JobSettings().job_slots
+    wanted = slots if slots is not None else get_settings().job_slots
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(JOB_LIMIT, wanted)
     return wanted
@@ -83,14 +89,61 @@ def current_run_tags() -> list[str]:
     return list(context.flow_run.tags) if context and context.flow_run else []
 
 
+def run_origin(flow_run: FlowRun) -> RunOrigin:
+    """How a flow run came to be, as the lock's rule reads it."""
+    created_by = flow_run.created_by
+    return RunOrigin(
+        created=flow_run.created,
+        tags=tuple(flow_run.tags),
+        from_deployment=flow_run.deployment_id is not None,
+        scheduled=bool(flow_run.auto_scheduled),
+        by_automation=bool(created_by and created_by.type == "AUTOMATION"),
+    )
+
+
+def root_run(flow_run: FlowRun) -> FlowRun:
+    """The run a subflow belongs to: a subflow is let through when its root run is."""
+    with get_client(sync_client=True) as client:
+        while flow_run.parent_task_run_id is not None:
+            parent_task = client.read_task_run(flow_run.parent_task_run_id)
+            if parent_task.flow_run_id is None:
+                break
+            flow_run = client.read_flow_run(parent_task.flow_run_id)
+    return flow_run
+
+
+def refuse_if_locked() -> None:
+    """Fail the current run with "API locked" when it (or the run it is a subflow of) was
+    submitted around the lock. Costs one read of the lock variable while unlocked.
+
+    A refused run is refused, not postponed: its retries are taken away first, or a flow
+    with retries would try again after its delay and slip through once the lock is lifted.
+    """
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    lock = read_lock()
+    if not lock.locked:
+        return
+    try:
+        check_run_start(run_origin(root_run(context.flow_run)), lock)
+    except ApiLocked:
+        policy = context.flow_run.empirical_policy.model_copy(update={"retries": 0})
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(context.flow_run.id, empirical_policy=policy)
+        raise
+
+
 @contextmanager
 def job_slot(exclusive: bool | None = None) -> Iterator[int]:
     """Hold one slot of the job limit, or every slot for an exclusive run, while working.
 
     `exclusive=None` reads the run's own tags, so a job submitted with `--exclusive` is
     exclusive without its flow knowing. Usable as `with job_slot():` or `@job_slot()`.
-    Yields the number of slots held.
+    Yields the number of slots held. A run submitted while the API is locked, and not allowed
+    to run then, is refused here with `ApiLocked` ("API locked"), before it takes a slot.
     """
+    refuse_if_locked()
     if exclusive is None:
         exclusive = is_exclusive(current_run_tags())
     occupy = slots_to_occupy(exclusive=exclusive, limit=job_limit_slots())
@@ -120,8 +173,9 @@ def lock_api(reason: str = "", by: str | None = None) -> LockState:
     return state
 
 
-def unlock_api() -> LockState:
-    state = LockState(locked=False)
+def unlock_api(by: str | None = None) -> LockState:
+    """Lift the lock; the variable keeps who unlocked and when, as the lock kept who locked."""
+    state = LockState(locked=False, by=by or who(), since=utcnow())
     Variable.set(API_LOCK_VARIABLE, state.to_value(), overwrite=True)
     return state
 
@@ -141,7 +195,9 @@ def submit_job(request: JobRequest) -> FlowRun:
         timeout=0,
         tags=request.run_tags(),
     )
-    logger.info("submitted %s as flow run %s", request.deployment, flow_run.id)
+    # Logged where a flow submits a job; the CLI prints its own line, so not twice there.
+    log = logger.info if FlowRunContext.get() is not None else logger.debug
+    log("submitted %s as flow run %s", request.deployment, flow_run.id)
     return flow_run
 
 

@@ -16,7 +16,6 @@ from flows.jobs import job_slot
 from flows.reporting import report_markdown
 from opsflow.license import (
     LicenseExpired,
-    LicenseSettings,
     LicenseTerms,
     Standing,
     assess,
@@ -57,7 +56,7 @@ def check_license(block_name: str = LICENSE_BLOCK, today: date | None = None) ->
     with job_slot():
         terms = load_license(block_name).terms()
         today = today or utcnow().date()
-        steps = LicenseSettings().license_warning_days
+        steps = get_settings().license_warning_days
         assessment = assess(terms, today, steps)
         summary = assessment.summary(terms)
         if assessment.standing is Standing.EXPIRED:

@@ -34,7 +34,6 @@ from prefect.exceptions import ObjectNotFound
 from flows.jobs import job_slot
 from flows.reporting import Progress, progress, report_markdown, report_table, row
 from opsflow.claim import until_short_batch
-from opsflow.license import normalize_steps
 from opsflow.mail.outbox import MailPolicy
 from opsflow.maintenance.cleaning import EXPIRED, UNFINISHED, erase_batch, expired, unfinished
 from opsflow.maintenance.erase import Erased
@@ -59,7 +58,7 @@ from opsflow.maintenance.reminders import StepWindow, queue_reminders, step_wind
 from opsflow.maintenance.statistics import complete_timeframes, record_timeframe, timeframe_start
 from opsflow.maintenance.vacuum import upkeep
 from opsflow.retention import Cutoff, retention_cutoffs
-from opsflow.settings import get_settings
+from opsflow.settings import get_settings, normalize_steps
 from opsflow.store import get_engine, session_scope, sessions, store_url, utcnow
 
 # The API reads at most 200 flow runs per request, and bulk-deletes at most 50.
@@ -229,7 +228,7 @@ async def _sweep_cutoff(cutoff: Cutoff, failed: dict[UUID, str], batch_size: int
     }
 
 
-@flow(name="sweep_flow_runs", log_prints=True)
+@flow(name="sweep-flow-runs", log_prints=True)
 async def sweep_flow_runs(
     completed_hours: float | None = None,
     failed_days: float | None = None,

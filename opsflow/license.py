@@ -10,51 +10,15 @@ renewed license (a new expiry) arms every step again.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Annotated
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import Date, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from opsflow.dialect import insert_for
 from opsflow.mail.outbox import enqueue
 from opsflow.store import Base, BigId, UTCDateTime, utcnow
-
-DEFAULT_WARNING_DAYS = (30, 14, 7, 1)
-
-
-class LicenseSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OPSFLOW_", extra="ignore")
-
-    license_warning_days: Annotated[tuple[int, ...], NoDecode] = Field(
-        default=DEFAULT_WARNING_DAYS,
-        description="Days before expiry at which OPS is warned, e.g. 30,14,7,1.",
-    )
-
-    @field_validator("license_warning_days", mode="before")
-    @classmethod
-    def _steps(cls, value: object) -> tuple[int, ...]:
-        if isinstance(value, str):
-            text = value.strip()
-            items = json.loads(text) if text.startswith("[") else text.split(",")
-        else:
-            items = value  # type: ignore[assignment]
-        return normalize_steps(items)  # type: ignore[arg-type]
-
-
-def normalize_steps(items: object) -> tuple[int, ...]:
-    """Warning steps as distinct whole days >= 0, largest first; anything else is refused."""
-    try:
-        steps = {int(str(item).strip()) for item in items if str(item).strip()}  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise ValueError(f"warning days {items!r} are not whole numbers such as 30,14,7,1") from None
-    if any(step < 0 for step in steps):
-        raise ValueError(f"warning days {sorted(steps)} include a negative number")
-    return tuple(sorted(steps, reverse=True))
 
 
 class LicenseExpired(RuntimeError):

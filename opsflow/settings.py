@@ -1,11 +1,16 @@
-"""Process-level options, read from `OPSFLOW_*` environment variables.
+"""Process-level options, read from `OPSFLOW_*` environment variables: one class for all.
 
 Connections and secrets are Prefect blocks; what lives here is what a process needs before it
-can reach a block at all: where its data and records are, and who mail is from and to.
+can reach a block at all: where its data and records are, who mail is from and to, and the
+numbers of the jobs, the license check and maintenance. One class, so that every command
+validates every setting before it creates anything (a bad `OPSFLOW_JOB_SLOTS` stops
+`opsflow db upgrade` too), and a bad value is one line naming the variable. This module
+imports nothing from the areas that use it.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -21,8 +26,40 @@ class SettingsError(ValueError):
     """A setting has a bad value; the message is one line that names it."""
 
 
+DEFAULT_LICENSE_WARNING_DAYS = (30, 14, 7, 1)
+
+
+def normalize_steps(items: object) -> tuple[int, ...]:
+    """Day steps (warnings, reminders) as distinct whole days >= 0, largest first."""
+    try:
+        steps = {int(str(item).strip()) for item in items if str(item).strip()}  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"warning days {items!r} are not whole numbers such as 30,14,7,1") from None
+    if any(step < 0 for step in steps):
+        raise ValueError(f"warning days {sorted(steps)} include a negative number")
+    return tuple(sorted(steps, reverse=True))
+
+
+def _day_list(value: object) -> object:
+    """`30,14,7` or `[30, 14, 7]` from the environment; anything else as given."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a JSON list of days") from None
+        return text.split(",")
+    return value
+
+
 class OpsflowSettings(BaseSettings):
+    """Every `OPSFLOW_*` setting, in sections: places, mail, the local server, jobs, license,
+    maintenance."""
+
     model_config = SettingsConfigDict(env_prefix="OPSFLOW_", extra="ignore")
+
+    # --- places ----------------------------------------------------------------------------
 
     data_dir: Path = Field(
         default=Path("data"),
@@ -32,6 +69,7 @@ class OpsflowSettings(BaseSettings):
         default="",
         description="SQLAlchemy URL of the record store; default: SQLite under data_dir.",
     )
+    # --- mail --------------------------------------------------------------------------------
     mail_from: Address = Field(
         default="opsflow@localhost",
         description="From address of every mail opsflow sends.",
@@ -40,8 +78,23 @@ class OpsflowSettings(BaseSettings):
         default="ops@localhost",
         description="Where operational alerts go (license, stuck mails, failed transfers).",
     )
+    # --- the local Prefect server of `opsflow up` ---------------------------------------------
     prefect_host: str = Field(default="127.0.0.1", description="Host of the local Prefect server.")
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the local server.")
+    # --- jobs ----------------------------------------------------------------------------------
+    job_slots: int = Field(
+        default=10, ge=1, le=1000,
+        description="Slots of the opsflow-jobs limit: ordinary runs beside each other; an "
+        "exclusive run takes them all.",
+    )
+
+    # --- license -------------------------------------------------------------------------------
+    license_warning_days: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=DEFAULT_LICENSE_WARNING_DAYS,
+        description="Days before expiry at which OPS is warned, e.g. 30,14,7,1.",
+    )
+
+    # --- maintenance: retention, cleaning, statistics, the notification sweeper ---------------
     retention_completed_hours: float = Field(
         default=24, gt=0, description="Completed flow runs are deleted after this many hours."
     )
@@ -66,7 +119,6 @@ class OpsflowSettings(BaseSettings):
     def prefect_api_url(self) -> str:
         return f"http://{self.prefect_host}:{self.prefect_port}/api"
 
-    # --- maintenance: cleaning, statistics, the notification sweeper --------------------------
     expiry_reminder_days: Annotated[tuple[int, ...], NoDecode] = Field(
         default=(28, 14, 7, 3),
         description="Days before a submission expires at which its receivers are reminded.",
@@ -84,12 +136,10 @@ class OpsflowSettings(BaseSettings):
         default=60, ge=1, le=1440, description="Length of one statistics timeframe."
     )
 
-    @field_validator("expiry_reminder_days", mode="before")
+    @field_validator("expiry_reminder_days", "license_warning_days", mode="before")
     @classmethod
-    def _reminder_steps(cls, value: object) -> tuple[int, ...]:
-        from opsflow.license import normalize_steps  # lazily: settings load before the records
-
-        return normalize_steps(value.split(",") if isinstance(value, str) else value)
+    def _day_steps(cls, value: object) -> tuple[int, ...]:
+        return normalize_steps(_day_list(value))
 
 
 def load_settings() -> OpsflowSettings:

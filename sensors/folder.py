@@ -16,7 +16,6 @@ and polls the queue, so a wake-up would only start a run that steps aside).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -26,7 +25,9 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -253,43 +254,68 @@ def start_sensors(names: Sequence[str] | None = None, *, database_url: str | Non
     return stop
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m sensors.folder`: run the sensors in the foreground until stopped."""
-    parser = argparse.ArgumentParser(prog="python -m sensors.folder", description=__doc__)
-    parser.add_argument("--mapping", action="append", help="a SyncMapping block (repeatable); "
-                        "default: every saved one")
-    parser.add_argument("--local-folder", type=Path,
-                        help="watch this folder without a block (with --name)")
-    parser.add_argument("--name", help="mapping name for --local-folder")
-    parser.add_argument("--settle", type=float, default=2.0)
-    parser.add_argument("--exclude", action="append", default=[])
-    parser.add_argument("--database-url", help="record store (default: OPSFLOW settings)")
-    parser.add_argument("--no-events", action="store_true", help="do not emit Prefect events")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from opsflow.settings import get_settings
+sensors_app = typer.Typer(
+    help="The folder sensors: watch each SyncMapping's folder and queue its changes.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-    url = args.database_url or get_settings().database_url
-    emit = None if args.no_events else emit_prefect_event
-    if args.local_folder:
-        if not args.name:
-            parser.error("--local-folder needs --name")
-        settings = MappingSettings(name=args.name, local_root=args.local_folder.resolve(),
-                                   settle_seconds=args.settle, exclude=tuple(args.exclude))
+
+@sensors_app.command("run")
+def run(
+    mapping: Annotated[list[str] | None, typer.Option(
+        help="a SyncMapping block (repeatable); default: every saved one")] = None,
+    local_folder: Annotated[Path | None, typer.Option(
+        help="watch this folder without a block (with --name)")] = None,
+    name: Annotated[str | None, typer.Option(help="mapping name for --local-folder")] = None,
+    settle: Annotated[float, typer.Option(min=0, help="settle seconds")] = 2.0,
+    exclude: Annotated[list[str] | None, typer.Option(help="a pattern not to sync")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="record store (default: OPSFLOW settings)")] = None,
+    no_events: Annotated[bool, typer.Option("--no-events",
+                                            help="do not emit Prefect events")] = False,
+) -> None:
+    """Run the folder sensors in the foreground until Ctrl-C or SIGTERM."""
+    from contextlib import nullcontext
+
+    # The command line's checks, shared by every `opsflow` command (imported here only:
+    # the sensor itself needs none of it).
+    from deployments.cli_support import check_store, prefect_server
+
+    if local_folder and not name:
+        raise typer.BadParameter("--local-folder needs --name", param_hint="--local-folder")
+    url = check_store(database_url)  # never creates the store, and it must be migrated
+    # Blocks and events need the Prefect server of `opsflow up`, never a temporary one.
+    with nullcontext() if local_folder and no_events else prefect_server():
+        _run_sensors(mapping, local_folder, name or "", settle, exclude or [], url,
+                     None if no_events else emit_prefect_event)
+
+
+def _run_sensors(mapping: list[str] | None, local_folder: Path | None, name: str, settle: float,
+                 exclude: list[str], url: str, emit: Callable[[str, int], None] | None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sensor: FolderSensor | None = None
+    if local_folder:
+        settings = MappingSettings(name=name, local_root=local_folder.resolve(),
+                                   settle_seconds=settle, exclude=tuple(exclude))
         sensor = FolderSensor(settings, url, emit=emit).start()
         stop = sensor.stop
     else:
-        stop = start_sensors(args.mapping, database_url=url, emit=emit)
+        stop = start_sensors(mapping, database_url=url, emit=emit)
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
     print("sensor ready", flush=True)
     done.wait()
     stop()
-    if args.local_folder:
+    if sensor is not None:
         print(f"sensor stopped: {sensor.events_seen} events, {sensor.intents_flushed} intents "
               "written", flush=True)
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sensors.folder ARGS`: `opsflow sensors run ARGS`, with its one-line errors."""
+    from deployments.cli import main as opsflow
+
+    return opsflow(["sensors", "run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ def test_a_flow_run_page_shows_its_artifacts(up: Up, browser, artifacts: Path) -
     from selenium.webdriver.common.by import By
 
     with temporary_settings(updates={PREFECT_API_URL: up.api}):
-        run = run_deployment("sweep_flow_runs/sweep-flow-runs", timeout=RUN_TIMEOUT,
+        run = run_deployment("sweep-flow-runs/sweep-flow-runs", timeout=RUN_TIMEOUT,
                              poll_interval=1)
     assert run.state is not None and run.state.is_completed(), run.state
     url = f"http://127.0.0.1:{up.port}/runs/flow-run/{run.id}"

@@ -141,3 +141,25 @@ def test_every_opsflow_flow_holds_a_job_slot_while_it_works() -> None:
             if "job_slot" not in calls and node.name not in SLOTLESS:
                 missing.append(f"{path.name}:{node.name}")
     assert missing == []
+
+
+def test_the_readme_example_of_an_exclusive_job_names_a_flow_that_takes_a_slot() -> None:
+    """`--exclusive` means something only for a flow that holds `job_slot()`."""
+    import ast
+    import re
+
+    from deployments.definitions import DEPLOYMENTS, PROJECT_DIR
+
+    readme = (PROJECT_DIR / "README.md").read_text()
+    examples = re.findall(r"opsflow jobs submit ([\w-]+)/([\w-]+)[^`]*--exclusive", readme)
+    assert examples, "the README shows an exclusive job"
+    by_name = {spec.name: spec for spec in DEPLOYMENTS}
+    for flow_name, deployment_name in examples:
+        spec = by_name[deployment_name]
+        path, function = spec.entrypoint.split(":")
+        tree = ast.parse((PROJECT_DIR / path).read_text())
+        (node,) = [n for n in tree.body if getattr(n, "name", None) == function]
+        decorator = next(ast.unparse(d) for d in node.decorator_list if "flow" in ast.unparse(d))
+        assert f"name='{flow_name}'" in decorator, f"{flow_name} is not the flow's name"
+        calls = {ast.unparse(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
+        assert "job_slot" in calls, f"{spec.name} takes no job slot: --exclusive means nothing"

@@ -20,6 +20,7 @@ from deployments.cli import main
 from flows.jobs import (
     JOB_HOOKS,
     Outcome,
+    job_slot,
     lock_api,
     read_lock,
     read_run,
@@ -44,6 +45,19 @@ def sample_job(count: int = 1, fail: bool = False) -> int:
     return count * 2
 
 
+@flow(name="opsflow-test-slot-job", retries=2, retry_delay_seconds=30)
+def slot_job(count: int = 1) -> int:
+    """A job as every opsflow flow is: its work inside `job_slot()`."""
+    with job_slot():
+        return count * 2
+
+
+@flow(name="opsflow-test-parent-job")
+def parent_job() -> int:
+    """A flow that holds no slot itself and does its work in a subflow (as sync-all-folders)."""
+    return slot_job(3)
+
+
 @pytest.fixture
 def deployment(prefect_harness: None) -> str:
     """A fresh deployment of `sample_job`; its FLOW/DEPLOYMENT name."""
@@ -54,12 +68,11 @@ def deployment(prefect_harness: None) -> str:
     unlock_api()
 
 
-def execute(flow_run_id) -> str:
+def execute(flow_run_id, job=sample_job) -> str:
     """Run a submitted flow run here, as a worker would; its final state's name."""
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_run_id)
-    run_flow(sample_job, flow_run=flow_run, parameters=flow_run.parameters,
-             return_type="state")
+    run_flow(job, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
     return read_run(flow_run_id).state.name
 
 
@@ -138,9 +151,97 @@ def test_the_cli_submits_locks_and_reads_status(deployment: str, capsys) -> None
     assert main(["jobs", "status"]) == 0
     assert "submissions are locked" in capsys.readouterr().out
     assert main(["jobs", "unlock"]) == 0
-    assert main(["jobs", "submit", deployment, "--start-at", "2030-01-01T02:00:00"]) == 1
+    assert main(["jobs", "submit", deployment, "--start-at", "2030-01-01T02:00:00"]) == 2
     assert "has no time zone" in capsys.readouterr().err
     assert main(["jobs", "submit", "opsflow-test-job/no-such-deployment"]) == 1
     assert "does not exist" in capsys.readouterr().err
-    assert main(["jobs", "status", "not-a-run"]) == 1
+    assert main(["jobs", "status", "not-a-run"]) == 2
     assert capsys.readouterr().err == "opsflow: 'not-a-run' is not a flow run id (a UUID)\n"
+
+
+@pytest.fixture
+def slot_deployment(prefect_harness: None) -> str:
+    """A fresh deployment of `slot_job`, whose flow holds a job slot as every opsflow flow."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_deployment(flow_id=client.create_flow(slot_job), name=name)
+    yield f"opsflow-test-slot-job/{name}"
+    unlock_api()
+
+
+def test_a_run_made_around_the_cli_while_locked_fails_saying_api_locked(
+        slot_deployment: str) -> None:
+    from prefect.deployments import run_deployment
+
+    earlier = run_deployment(slot_deployment, timeout=0)  # submitted before the lock
+    lock_api(reason="restoring a backup", by="ops@test")
+    # What `prefect deployment run`, the UI's Run button and Python's run_deployment do.
+    refused = run_deployment(slot_deployment, parameters={"count": 2}, timeout=0)
+    allowed = run_deployment(slot_deployment, timeout=0, tags=["opsflow:runs-when-locked"])
+
+    assert execute(refused.id, slot_job) == "Failed"
+    assert "API locked" in read_run(refused.id).state.message
+    assert read_run(refused.id).run_count == 1, "a refused run is not retried"
+    assert execute(allowed.id, slot_job) == "Completed"
+    assert execute(earlier.id, slot_job) == "Completed"
+
+    unlock_api(by="ops@test")
+    assert execute(run_deployment(slot_deployment, timeout=0).id, slot_job) == "Completed"
+
+
+def test_the_lock_variable_records_who_unlocked(deployment: str, capsys) -> None:
+    assert main(["jobs", "lock", "--reason", "r"]) == 0
+    unlock_api(by="someone@host")
+    state = read_lock()
+    assert not state.locked and state.by == "someone@host" and state.since is not None
+    assert main(["jobs", "status"]) == 0
+    assert "submissions are unlocked since" in capsys.readouterr().out
+
+
+def test_submit_says_what_it_did_once(deployment: str, capfd) -> None:
+    assert main(["jobs", "submit", deployment]) == 0
+    captured = capfd.readouterr()
+    run_id = captured.out.split()[2]
+    assert captured.out.count(run_id) == 2, captured.out  # the line and the run's URL
+    assert run_id not in captured.err, captured.err
+
+
+def test_without_prefect_api_url_jobs_lock_the_server_of_opsflow_up(
+        deployment: str, monkeypatch, capsys) -> None:
+    """PREFECT_API_URL unset: `jobs lock` reaches OPSFLOW_PREFECT_HOST/PORT (here the test
+    server stands in for `opsflow up`'s), not a temporary server of its own."""
+    from urllib.parse import urlsplit
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from opsflow import settings as settings_module
+
+    served = urlsplit(PREFECT_API_URL.value())
+    monkeypatch.setenv("OPSFLOW_PREFECT_HOST", served.hostname)
+    monkeypatch.setenv("OPSFLOW_PREFECT_PORT", str(served.port))
+    settings_module.get_settings.cache_clear()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: None}):
+            assert main(["jobs", "lock", "--reason", "maintenance window"]) == 0
+        assert read_lock().locked and read_lock().reason == "maintenance window"
+    finally:
+        monkeypatch.undo()
+        settings_module.get_settings.cache_clear()
+
+
+def test_a_subflow_is_judged_by_the_run_it_belongs_to(prefect_harness: None) -> None:
+    from prefect.deployments import run_deployment
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_deployment(flow_id=client.create_flow(parent_job), name=name)
+    try:
+        lock_api(reason="restoring a backup", by="ops@test")
+        refused = run_deployment(f"opsflow-test-parent-job/{name}", timeout=0)
+        allowed = run_deployment(f"opsflow-test-parent-job/{name}", timeout=0,
+                                 tags=["opsflow:runs-when-locked"])
+        assert execute(refused.id, parent_job) == "Failed"
+        assert "API locked" in read_run(refused.id).state.message
+        assert execute(allowed.id, parent_job) == "Completed"
+    finally:
+        unlock_api()

@@ -13,6 +13,8 @@ from opsflow.jobs import (
     JobRequest,
     JobRequestError,
     LockState,
+    RunOrigin,
+    check_run_start,
     check_submission,
     hand_back_from_tags,
     parse_params,
@@ -66,6 +68,30 @@ def test_the_lock_refuses_submissions_unless_the_job_runs_when_locked() -> None:
         f"backup; {DEPLOYMENT} was not submitted")
     check_submission(JobRequest(DEPLOYMENT, runs_when_locked=True), lock)
     check_submission(JobRequest(DEPLOYMENT), LockState(locked=False))
+
+
+def test_a_run_started_around_the_lock_is_refused_schedules_and_allowed_jobs_go_on() -> None:
+    since = datetime(2026, 11, 23, 14, tzinfo=UTC)
+    lock = LockState(locked=True, by="ops@host", since=since, reason="upgrade")
+    after, before = since + timedelta(minutes=1), since - timedelta(minutes=1)
+    with pytest.raises(ApiLocked, match="^API locked: submissions are locked since .* upgrade"):
+        check_run_start(RunOrigin(created=after), lock)
+    with pytest.raises(ApiLocked):
+        check_run_start(RunOrigin(created=None), lock)  # no creation time: refused, not waved by
+    for allowed in (RunOrigin(created=after, scheduled=True),
+                    RunOrigin(created=after, by_automation=True),
+                    RunOrigin(created=after, tags=(RUNS_WHEN_LOCKED_TAG,)),
+                    RunOrigin(created=before),
+                    RunOrigin(created=after, from_deployment=False)):
+        check_run_start(allowed, lock)
+    check_run_start(RunOrigin(created=after), LockState(locked=False, by="ops@host",
+                                                        since=since))
+
+
+def test_an_unlocked_state_says_who_unlocked() -> None:
+    state = LockState(locked=False, by="ops@host", since=datetime(2026, 1, 1, tzinfo=UTC))
+    assert LockState.from_value(state.to_value()) == state
+    assert state.describe() == "unlocked since 2026-01-01T00:00:00+00:00 by ops@host"
 
 
 def test_the_lock_value_round_trips_and_an_unreadable_one_stays_locked() -> None:

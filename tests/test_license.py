@@ -11,13 +11,13 @@ from sqlalchemy import select
 from opsflow import settings as settings_module
 from opsflow.delivery.records import OutgoingMail
 from opsflow.license import (
-    LicenseSettings,
     LicenseTerms,
     LicenseWarning,
     Standing,
     assess,
     warn_ops,
 )
+from opsflow.settings import OpsflowSettings
 from opsflow.store import session_scope
 
 EXPIRY = date(2027, 3, 31)
@@ -52,15 +52,15 @@ def test_an_expired_license_says_whose_since_when_and_where_to_renew() -> None:
 
 
 def test_warning_steps_come_from_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert LicenseSettings().license_warning_days == STEPS
+    assert OpsflowSettings().license_warning_days == STEPS
     monkeypatch.setenv("OPSFLOW_LICENSE_WARNING_DAYS", "7, 60,3")
-    assert LicenseSettings().license_warning_days == (60, 7, 3)
+    assert OpsflowSettings().license_warning_days == (60, 7, 3)
     monkeypatch.setenv("OPSFLOW_LICENSE_WARNING_DAYS", "[10, 2]")
-    assert LicenseSettings().license_warning_days == (10, 2)
+    assert OpsflowSettings().license_warning_days == (10, 2)
     for bad, message in (("soon", "not whole numbers"), ("7,-1", "negative")):
         monkeypatch.setenv("OPSFLOW_LICENSE_WARNING_DAYS", bad)
         with pytest.raises(ValueError, match=message):
-            LicenseSettings()
+            OpsflowSettings()
 
 
 def warn(url: str, days_left: int, terms: LicenseTerms = TERMS):

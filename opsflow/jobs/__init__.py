@@ -2,7 +2,8 @@
 
 Prefect is the generator: a job is a flow run of a deployment. What is decided before the
 run exists (may it be submitted now, which tags say it is exclusive or runs when locked, whom
-it is handed back to) is plain Python here, so the CLI, the flows and the tests share it.
+it is handed back to) and when it starts (may it run while the API is locked) is plain Python
+here, so the CLI, the flows and the tests share it.
 """
 
 from opsflow.jobs.rules import (
@@ -14,8 +15,9 @@ from opsflow.jobs.rules import (
     ApiLocked,
     JobRequest,
     JobRequestError,
-    JobSettings,
     LockState,
+    RunOrigin,
+    check_run_start,
     check_submission,
     hand_back_from_tags,
     is_exclusive,
@@ -34,8 +36,9 @@ __all__ = [
     "ApiLocked",
     "JobRequest",
     "JobRequestError",
-    "JobSettings",
     "LockState",
+    "RunOrigin",
+    "check_run_start",
     "check_submission",
     "hand_back_from_tags",
     "is_exclusive",

@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 # The global concurrency limit every opsflow flow takes a slot of.
 JOB_LIMIT = "opsflow-jobs"
 # The Prefect Variable that holds the API lock, where every process and the UI see it.
@@ -25,18 +22,6 @@ API_LOCK_VARIABLE = "opsflow-api-lock"
 EXCLUSIVE_TAG = "opsflow:exclusive"
 RUNS_WHEN_LOCKED_TAG = "opsflow:runs-when-locked"
 HAND_BACK_TAG_PREFIX = "opsflow:hand-back:"
-
-
-class JobSettings(BaseSettings):
-    """Job options read from `OPSFLOW_*` variables (kept beside the jobs, not in settings.py)."""
-
-    model_config = SettingsConfigDict(env_prefix="OPSFLOW_", extra="ignore")
-
-    job_slots: int = Field(
-        default=10, ge=1, le=1000,
-        description="Slots of the opsflow-jobs limit: ordinary runs beside each other; an "
-        "exclusive run takes them all.",
-    )
 
 
 class JobRequestError(ValueError):
@@ -92,6 +77,8 @@ class LockState:
 
     def describe(self) -> str:
         if not self.locked:
+            if self.by and self.since:
+                return f"unlocked since {self.since.isoformat(timespec='seconds')} by {self.by}"
             return "unlocked"
         parts = ["locked"]
         if self.since:
@@ -184,6 +171,38 @@ def check_submission(request: JobRequest, lock: LockState) -> None:
             f"submissions are {lock.describe()}; {request.deployment} was not submitted "
             "(`opsflow jobs unlock` lifts the lock; a job that may run while locked is "
             "submitted with --runs-when-locked)")
+
+
+@dataclass(frozen=True)
+class RunOrigin:
+    """What a starting flow run says about how it came to be (read from its Prefect record)."""
+
+    created: datetime | None
+    tags: tuple[str, ...] = ()
+    from_deployment: bool = True
+    scheduled: bool = False  # made by a deployment's schedule
+    by_automation: bool = False  # made by a trigger (an event, e.g. the folder sensor's)
+
+
+def check_run_start(origin: RunOrigin, lock: LockState) -> None:
+    """Refuse a run that started from a submission made while the API is locked.
+
+    `opsflow jobs submit` checks the lock before it submits; this check catches what goes
+    around it (`prefect deployment run`, the UI's Run button, `run_deployment` in Python),
+    at the start of the run, in `job_slot` which every opsflow flow holds. What goes on while
+    locked: runs of the schedules and triggers (the system's own work), jobs marked to run
+    when locked, runs submitted before the lock, and flows called as plain Python functions
+    (no deployment). A subflow is judged by the run it belongs to (the caller's business).
+    """
+    if not lock.locked or not origin.from_deployment:
+        return
+    if origin.scheduled or origin.by_automation or RUNS_WHEN_LOCKED_TAG in origin.tags:
+        return
+    if origin.created is not None and lock.since is not None and origin.created < lock.since:
+        return
+    raise ApiLocked(
+        f"API locked: submissions are {lock.describe()}; this run was refused (a job that "
+        "may run while locked is submitted with --runs-when-locked)")
 
 
 def slots_to_occupy(*, exclusive: bool, limit: int) -> int:

@@ -1,6 +1,4 @@
-"""`opsflow sync status`: what each mapping's sync queue holds, and whether a drain is live.
-
-    opsflow sync status [--mapping NAME] [--failed 20]
+"""What each mapping's sync queue holds, and whether a drain is live (`opsflow sync status`).
 
 Failed actions are not retried by themselves (the target refused them: a permission, a
 refused path); once the cause is fixed, a full run (`sync_folder(mapping, full=True)`, or the
@@ -9,13 +7,10 @@ refused path); once the cause is fixed, a full run (`sync_folder(mapping, full=T
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from opsflow.store import sessions, utcnow
+from opsflow.store import utcnow
 from opsflow.sync.actions import ActionStatus, SyncAction, SyncState
 from opsflow.sync.queue import dead_local_claimer
 
@@ -63,32 +58,3 @@ def status_lines(session: Session, mapping: str | None = None, failed: int = 20)
             lines.append(f"  failed {row.kind} {row.path!r}{target}: "
                          f"{(row.last_error or '').splitlines()[0][:160] if row.last_error else ''}")
     return lines
-
-
-def _status(args: argparse.Namespace) -> int:
-    from opsflow.settings import get_settings
-
-    with sessions(get_settings().database_url)() as session:
-        print("\n".join(status_lines(session, args.mapping, args.failed)))
-    return 0
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    """Add `opsflow sync ...` to the opsflow command."""
-    sync = commands.add_parser("sync", help="folder sync queues",
-                               description="The folder sync queues (issue 3).")
-    sync_commands = sync.add_subparsers(dest="sync_command", metavar="SYNC_COMMAND",
-                                        required=True)
-    status = sync_commands.add_parser(
-        "status", help="what each mapping's queue holds, and whether a drain is running")
-    status.add_argument("--mapping", help="only this mapping")
-    status.add_argument("--failed", type=int, default=20, metavar="N",
-                        help="show the last N failed actions per mapping (default 20)")
-    status.set_defaults(handler=_status)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(prog="opsflow")
-    register(parser.add_subparsers(dest="command", required=True))
-    arguments = parser.parse_args()
-    sys.exit(arguments.handler(arguments))
