@@ -64,6 +64,7 @@ def migrated_store(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator
 def test_transfer_status_says_no_transfers_and_no_such_experiment(
         migrated_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["transfer", "status"]) == 0
-    assert capsys.readouterr().out.strip() == "no transfers"
+    assert capsys.readouterr().out.strip().startswith("no transfers")
     assert main(["transfer", "status", "tardis.404"]) == 1
-    assert capsys.readouterr().err.strip() == "opsflow: no such experiment 'tardis.404'"
+    assert capsys.readouterr().err.strip() == \
+        "opsflow: no such experiment 'tardis.404' at any site"
