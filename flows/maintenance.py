@@ -31,7 +31,7 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 
-from flows.jobs import job_slot
+from flows.jobs import job_slot, refuse_if_locked
 from flows.reporting import Progress, progress, report_markdown, report_table, row
 from opsflow.claim import until_short_batch
 from opsflow.mail.outbox import MailPolicy
@@ -237,7 +237,12 @@ async def sweep_flow_runs(
 ) -> dict[str, int]:
     """Delete Completed flow runs older than `completed_hours` and Failed or Crashed ones older
     than `failed_days` (defaults: OPSFLOW_RETENTION_COMPLETED_HOURS and
-    OPSFLOW_RETENTION_FAILED_DAYS), with their task runs, logs and artifacts."""
+    OPSFLOW_RETENTION_FAILED_DAYS), with their task runs, logs and artifacts.
+
+    It takes no job slot (it only cleans Prefect), but the API lock refuses it like any run
+    started around the lock; its schedule goes on."""
+    # In a thread: the lock check is synchronous, and the thread keeps this run's context.
+    await asyncio.to_thread(refuse_if_locked)
     settings = get_settings()
     cutoffs = retention_cutoffs(
         datetime.now(UTC),

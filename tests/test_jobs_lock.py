@@ -6,6 +6,8 @@ process the way a worker would (`run_flow` on the existing flow run).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -72,7 +74,10 @@ def execute(flow_run_id, job=sample_job) -> str:
     """Run a submitted flow run here, as a worker would; its final state's name."""
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_run_id)
-    run_flow(job, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+    outcome = run_flow(job, flow_run=flow_run, parameters=flow_run.parameters,
+                       return_type="state")
+    if inspect.isawaitable(outcome):  # an async flow (sweep-flow-runs) is run to its end here
+        asyncio.run(outcome)
     return read_run(flow_run_id).state.name
 
 
@@ -243,5 +248,23 @@ def test_a_subflow_is_judged_by_the_run_it_belongs_to(prefect_harness: None) -> 
         assert execute(refused.id, parent_job) == "Failed"
         assert "API locked" in read_run(refused.id).state.message
         assert execute(allowed.id, parent_job) == "Completed"
+    finally:
+        unlock_api()
+
+
+def test_sweep_flow_runs_started_around_the_lock_is_refused(prefect_harness: None) -> None:
+    """sweep-flow-runs holds no job slot, yet a run started by hand while locked is refused."""
+    from prefect.deployments import run_deployment
+
+    from flows.maintenance import sweep_flow_runs
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_deployment(flow_id=client.create_flow(sweep_flow_runs), name=name)
+    try:
+        lock_api(reason="restoring a backup", by="ops@test")
+        refused = run_deployment(f"sweep-flow-runs/{name}", timeout=0)
+        assert execute(refused.id, sweep_flow_runs) == "Failed"
+        assert "API locked" in read_run(refused.id).state.message
     finally:
         unlock_api()
