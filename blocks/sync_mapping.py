@@ -121,13 +121,18 @@ def mapping_names() -> list[str]:
 
 
 def default_blocks(data_dir: Path | None = None) -> dict[str, Block]:
-    """The demo mapping `opsflow up` saves: data/demo/outbox mirrored to data/demo/remote."""
+    """The demo mapping `opsflow up` saves: data/demo/outbox mirrored to data/demo/remote.
+
+    The target is its own saved block (`demo-remote`), saved first: the UI shows a target
+    that is a named block by its name, where a nested anonymous one of a union field shows
+    as "None"."""
     from opsflow.settings import get_settings
 
     data = (data_dir or get_settings().data_dir).resolve()
     outbox, remote = data / "demo" / "outbox", data / "demo" / "remote"
     outbox.mkdir(parents=True, exist_ok=True)
     remote.mkdir(parents=True, exist_ok=True)
-    return {"demo-outbox": SyncMapping(local_folder=str(outbox),
-                                       target=LocalFolder(path=str(remote)),
+    target = LocalFolder(path=str(remote))
+    return {"demo-remote": target,
+            "demo-outbox": SyncMapping(local_folder=str(outbox), target=target,
                                        complete_sync=True, settle_seconds=1.0)}

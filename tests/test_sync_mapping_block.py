@@ -79,3 +79,6 @@ def test_default_blocks_make_the_demo_folders(tmp_path: Path) -> None:
     demo = blocks["demo-outbox"]
     assert isinstance(demo, SyncMapping)
     assert Path(demo.local_folder).is_dir() and Path(demo.target.path).is_dir()
+    # The target comes first, as a block of its own, so that the mapping refers to it by name.
+    assert list(blocks) == ["demo-remote", "demo-outbox"]
+    assert demo.target is blocks["demo-remote"]
