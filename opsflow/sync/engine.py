@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Protocol
 
 from opsflow.sync.actions import ActionKind
-from opsflow.sync.local_paths import resolve_inside
 from opsflow.sync.queue import Outcome
 from opsflow.sync.tree import MappingSettings
 from opsflow.transports.base import (
@@ -32,6 +31,7 @@ from opsflow.transports.base import (
     TransportUnavailable,
     Upload,
 )
+from opsflow.transports.local_paths import resolve_inside
 
 log = logging.getLogger(__name__)
 

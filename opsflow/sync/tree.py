@@ -18,8 +18,9 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 
 from opsflow.sync.coalesce import DELETE, SEND, Intent
-from opsflow.sync.local_paths import resolve_inside
-from opsflow.transports.base import TEMP_PREFIX, PathRefused, RemoteEntry
+from opsflow.transports.base import PathRefused, RemoteEntry
+from opsflow.transports.local_paths import resolve_inside
+from opsflow.transports.temp_names import is_temp_name
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,8 @@ class PathFilter:
             # on S3; refusing them here keeps one odd name from blocking the queue.
             log.warning("not synced: %r is not a UTF-8 name", rel)
             return False
-        if name.startswith(TEMP_PREFIX):
-            return False  # a transport's temporary file (the folder may be someone's target)
+        if is_temp_name(name):
+            return False  # a transport's upload in flight (the folder may be someone's target)
         if self.include and not any(glob_matches(p, rel) for p in self.include):
             return False
         return not any(glob_matches(p, rel) for p in self.exclude)

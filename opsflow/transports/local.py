@@ -11,14 +11,11 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from opsflow.sync.local_paths import resolve_inside
 from opsflow.transports.base import (
-    TEMP_PREFIX,
     MissingSource,
     PathRefused,
     RemoteEntry,
@@ -28,13 +25,10 @@ from opsflow.transports.base import (
     Upload,
     remote_join,
 )
+from opsflow.transports.local_paths import resolve_inside
+from opsflow.transports.temp_names import is_temp_name, temp_name
 
 CHUNK = 1024 * 1024
-
-
-def temp_name() -> str:
-    """A fresh temporary file name (short, so a 255-byte final name still fits beside it)."""
-    return TEMP_PREFIX + secrets.token_hex(8)
 
 
 def file_sha256(path: Path | str) -> str:
@@ -76,7 +70,7 @@ class LocalTransport:
         self._swept.add(folder)
         with contextlib.suppress(OSError), os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
@@ -152,7 +146,7 @@ class LocalTransport:
             dirs.sort()
             rel_folder = os.path.relpath(folder, self.base)
             for name in sorted(files):
-                if name.startswith(TEMP_PREFIX):
+                if is_temp_name(name):
                     continue
                 full = os.path.join(folder, name)
                 try:
@@ -175,7 +169,7 @@ class LocalTransport:
         removed = 0
         for folder, _dirs, files in os.walk(self.base):
             for name in files:
-                if name.startswith(TEMP_PREFIX):
+                if is_temp_name(name):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(folder, name))
                         removed += 1

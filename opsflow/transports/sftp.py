@@ -7,7 +7,7 @@ Speed comes from three things (see bench/initial_sync.py for the figures):
   renamed with one wait per stage instead of one per request;
 - several connections work on different windows at once.
 
-Each file is written to `TEMP_PREFIX + random` beside its destination and renamed into place
+Each file is written to `temp_name()` (prefix, nonce, tag) beside its destination and renamed into place
 with `posix-rename@openssh.com`, which replaces an existing file atomically.
 
 The server's host key must match a pinned key; an unknown or changed key is refused with the
@@ -36,7 +36,6 @@ import paramiko
 
 from opsflow.transports import sftp_wire as w
 from opsflow.transports.base import (
-    TEMP_PREFIX,
     MissingSource,
     PathRefused,
     RemoteEntry,
@@ -46,7 +45,7 @@ from opsflow.transports.base import (
     Upload,
     remote_join,
 )
-from opsflow.transports.local import temp_name
+from opsflow.transports.temp_names import is_temp_name, temp_name
 
 WINDOW_FILES = 64  # files per pipelined window
 WINDOW_BYTES = 8 * 1024 * 1024  # a window closes once it holds this much
@@ -446,7 +445,7 @@ class SftpTransport:
         for folder in sorted(self.makedirs_remote(wire, *todo)):
             try:
                 leftovers = [posixpath.join(folder, name) for name, attrs in wire.listdir(folder)
-                             if name.startswith(TEMP_PREFIX) and not attrs.is_dir]
+                             if is_temp_name(name) and not attrs.is_dir]
             except w.Status:
                 continue  # not a folder (a file in the way): the uploads will say so
             w.wait_all(wire, [wire.request(w.REMOVE, w.pack_string(w.encode_path(f)))
@@ -691,7 +690,7 @@ class SftpTransport:
                     full = name if folder == "." else posixpath.join(folder, name)
                     if attrs.is_dir:
                         folders.append(full)
-                    elif not name.startswith(TEMP_PREFIX):
+                    elif not is_temp_name(name):
                         rel = full[len(strip):] if strip and full.startswith(strip) else full
                         found.append(RemoteEntry(rel, attrs.size or 0,
                                                  None if attrs.mtime is None
@@ -732,7 +731,7 @@ class SftpTransport:
                     full = name if folder == "." else posixpath.join(folder, name)
                     if attrs.is_dir:
                         folders.append(full)
-                    elif name.startswith(TEMP_PREFIX):
+                    elif is_temp_name(name):
                         found.append(full)
             w.wait_all(wire, [wire.request(w.REMOVE, w.pack_string(w.encode_path(f)))
                               for f in found])
