@@ -6,7 +6,9 @@ seconds, so a flood of events costs memory for the paths in flight, not for the 
 
 Settle time: on Linux a file closed after writing (`FileClosedEvent`) is ready at once; a file
 created or modified without a close is sent after `settle_seconds` of quiet (each change
-pushes its `not_before` further). The sensor keeps queueing whatever the target's state:
+pushes its `not_before` further), and so is a file closed again within `settle_seconds` of
+its last close: one still being rewritten or appended to is sent once, after it settles,
+not at the drain's pace. The sensor keeps queueing whatever the target's state:
 only the sync flow talks to the target.
 
 Waking the drain: after a flush the sensor emits `opsflow.sync.queued` for the mapping, at
@@ -24,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -133,6 +136,7 @@ class FolderSensor(FileSystemEventHandler):
         self._last_emit = float("-inf")
         self._last_error_log = float("-inf")
         self._drain_seen = False
+        self._closed_at: dict[str, float] = {}  # path -> monotonic time of its last close
         self.events_seen = 0
         self.intents_flushed = 0
 
@@ -147,7 +151,25 @@ class FolderSensor(FileSystemEventHandler):
         with self._lock:
             self.events_seen += 1
             for intent in intents:
+                if isinstance(event, FileClosedEvent) and intent.not_before is None:
+                    intent = self._settle_if_rewritten(intent)
                 self._buffer.add(intent)
+
+    def _settle_if_rewritten(self, intent: Intent) -> Intent:
+        """A close within `settle_seconds` of the last close of the same file: still being
+        rewritten, so it waits for quiet like a modification without a close."""
+        now = time.monotonic()
+        last = self._closed_at.get(intent.path)
+        self._closed_at[intent.path] = now
+        if last is None or now - last >= self.settings.settle_seconds:
+            return intent  # written once and closed: ready at once
+        return replace(intent, not_before=utcnow() + timedelta(
+            seconds=self.settings.settle_seconds))
+
+    def _forget_old_closes(self) -> None:
+        cutoff = time.monotonic() - self.settings.settle_seconds
+        with self._lock:
+            self._closed_at = {p: t for p, t in self._closed_at.items() if t >= cutoff}
 
     # --- flusher thread: one transaction per interval -------------------------------------
 
@@ -196,7 +218,10 @@ class FolderSensor(FileSystemEventHandler):
         next_check = time.monotonic() + REWAKE_AFTER
         while not self._stop.wait(self.flush_every):
             self.flush()
+            if len(self._closed_at) > 1000:
+                self._forget_old_closes()
             if time.monotonic() >= next_check:
+                self._forget_old_closes()
                 next_check = time.monotonic() + REWAKE_AFTER
                 try:
                     if queue.has_due(self.url, self.settings.name):

@@ -175,7 +175,8 @@ def run_batch(url: str, settings: MappingSettings, transport: Transport, ids: Se
             outcomes, buffer[:] = list(buffer), []
         if outcomes:
             queue.record_outcomes(url, outcomes, claimer=claimer, lease=LEASE,
-                                  still_working=sorted(remaining))
+                                  still_working=sorted(remaining),
+                                  settle=timedelta(seconds=settings.settle_seconds))
         last_flush = time.monotonic()
 
     def on_outcome(outcome: Outcome) -> None:

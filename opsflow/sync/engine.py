@@ -150,7 +150,8 @@ def _upload(action_path: str, settings: MappingSettings) -> Upload | str:
         return "skipped: the local file is gone"
     if not local.is_file():
         return "skipped: not a regular file"
-    return Upload(local=local, path=action_path, size=info.st_size, mtime=info.st_mtime)
+    return Upload(local=local, path=action_path, size=info.st_size, mtime=info.st_mtime,
+                  stamp=(info.st_size, info.st_mtime_ns, info.st_ino))
 
 
 def _send_all(transport: Transport, actions: Sequence[Action], settings: MappingSettings,
@@ -174,6 +175,8 @@ def _send_all(transport: Transport, actions: Sequence[Action], settings: Mapping
                 report(_outcome(action, "done", result.sha256))
             elif not result.upload.local.exists():
                 report(_outcome(action, "skipped", "skipped: the local file vanished"))
+            elif result.changed:
+                report(_outcome(action, "changed", result.error))  # requeued to settle
             else:
                 report(_failed(action, result.error))
 

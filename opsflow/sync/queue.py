@@ -36,7 +36,7 @@ class Outcome:
     kind: str
     path: str
     dest_path: str | None
-    status: str  # "done", "skipped" (nothing left to do) or "failed"
+    status: str  # "done", "skipped" (nothing left to do), "failed", or "changed" (requeued)
     detail: str | None = None
 
 
@@ -149,15 +149,25 @@ def claimed_rows(url: str, ids: Sequence[int], *, claimer: str) -> list[SyncActi
 
 
 def record_outcomes(url: str, outcomes: Sequence[Outcome], *, claimer: str,
-                    lease: timedelta | None = None, still_working: Sequence[int] = ()) -> None:
+                    lease: timedelta | None = None, still_working: Sequence[int] = (),
+                    settle: timedelta = timedelta(seconds=2)) -> None:
     """Flip each action's marker after the target confirmed it; renew the rest of the batch.
 
-    Only rows still leased to `claimer` are flipped: a row the sensor replaced meanwhile is
-    gone, and its replacement is applied later anyway.
+    A send whose file changed while it was read stays pending and waits `settle` (a file
+    still being rewritten is sent once it is quiet). Only rows still leased to `claimer`
+    are flipped: a row the sensor replaced meanwhile is gone, and its replacement is
+    applied later anyway.
     """
     now = utcnow()
     with session_scope(url) as session:
         for outcome in outcomes:
+            if outcome.status == "changed":
+                session.execute(
+                    update(SyncAction)
+                    .where(SyncAction.id == outcome.action_id, SyncAction.claimed_by == claimer)
+                    .values(claimed_by=None, claimed_until=None, not_before=now + settle,
+                            attempts=SyncAction.attempts + 1, last_error=outcome.detail))
+                continue
             status = ActionStatus.FAILED if outcome.status == "failed" else ActionStatus.DONE
             session.execute(
                 update(SyncAction)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from opsflow.transports.base import (
+    CHANGED_WHILE_READ,
     MissingSource,
     PathRefused,
     RemoteEntry,
@@ -23,6 +24,7 @@ from opsflow.transports.base import (
     TransportError,
     TransportUnavailable,
     Upload,
+    changed_since_stamp,
     remote_join,
 )
 from opsflow.transports.local_paths import resolve_inside
@@ -81,6 +83,7 @@ class LocalTransport:
             return SendResult(upload, ok=False, error=str(exc))
         temp = target.parent / temp_name()
         digest = hashlib.sha256()
+        copied = 0
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._sweep(target.parent)
@@ -88,10 +91,14 @@ class LocalTransport:
                 while chunk := source.read(CHUNK):
                     digest.update(chunk)
                     sink.write(chunk)
+                    copied += len(chunk)
             if upload.mtime is not None:
                 os.utime(temp, (upload.mtime, upload.mtime))
             if target.is_dir() and not target.is_symlink():
                 raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(target))
+            if changed_since_stamp(upload, copied):
+                temp.unlink()
+                return SendResult(upload, ok=False, changed=True, error=CHANGED_WHILE_READ)
             os.replace(temp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):

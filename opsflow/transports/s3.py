@@ -27,6 +27,7 @@ from botocore.exceptions import (
 )
 
 from opsflow.transports.base import (
+    CHANGED_WHILE_READ,
     MissingSource,
     PathRefused,
     RemoteEntry,
@@ -34,6 +35,7 @@ from opsflow.transports.base import (
     TransportError,
     TransportUnavailable,
     Upload,
+    changed_since_stamp,
     remote_join,
 )
 
@@ -113,11 +115,15 @@ class S3Transport:
             size = upload.local.stat().st_size
             if size <= self.multipart_threshold:
                 data = upload.local.read_bytes()
+                if changed_since_stamp(upload, len(data)):  # torn read: publish nothing
+                    return SendResult(upload, ok=False, changed=True, error=CHANGED_WHILE_READ)
                 digest = hashlib.sha256(data).hexdigest()
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                        Metadata=self._metadata(upload, digest))
             else:
                 digest = self._multipart(upload, key)
+                if changed_since_stamp(upload, size):  # published already; the resend repairs it
+                    return SendResult(upload, ok=False, changed=True, error=CHANGED_WHILE_READ)
         except UNREACHABLE as exc:
             raise TransportUnavailable(f"S3 endpoint unreachable: {exc}") from exc
         except OSError as exc:

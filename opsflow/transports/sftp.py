@@ -36,6 +36,7 @@ import paramiko
 
 from opsflow.transports import sftp_wire as w
 from opsflow.transports.base import (
+    CHANGED_WHILE_READ,
     MissingSource,
     PathRefused,
     RemoteEntry,
@@ -43,6 +44,7 @@ from opsflow.transports.base import (
     TransportError,
     TransportUnavailable,
     Upload,
+    changed_since_stamp,
     remote_join,
 )
 from opsflow.transports.temp_names import is_temp_name, temp_name
@@ -337,6 +339,8 @@ class _Pending:
     ids: list[int] = field(default_factory=list)
     sha256: str | None = None
     error: str | None = None
+    changed: bool = False
+    bytes_read: int = 0
 
 
 def windows(uploads: Sequence[Upload]) -> Iterator[list[Upload]]:
@@ -559,6 +563,11 @@ class SftpTransport:
                 except w.Status as exc:
                     item.error = item.error or f"cannot write {item.upload.path!r}: {exc}"
         for item in pending:
+            if (item.handle and not item.error
+                    and changed_since_stamp(item.upload, item.bytes_read)):
+                # Rewritten while read: the temporary is removed below, never published.
+                item.error, item.changed = CHANGED_WHILE_READ, True
+        for item in pending:
             if item.handle and not item.error:
                 item.ids = [wire.rename_request(item.temp, item.remote)]
         for item in pending:
@@ -571,7 +580,7 @@ class SftpTransport:
                    for i in pending if i.handle and i.error]
         w.wait_all(wire, cleanup)
         return [SendResult(i.upload, ok=i.error is None, sha256=None if i.error else i.sha256,
-                           error=i.error) for i in pending]
+                           error=i.error, changed=i.changed) for i in pending]
 
     def _write_file(self, wire: w.Wire, item: _Pending) -> None:
         """Stream the local file into the open handle, hashing; then mtime and close."""
@@ -591,6 +600,7 @@ class SftpTransport:
             item.ids.append(wire.request(w.FSETSTAT, handle + w.pack_attrs(item.upload.mtime)))
         item.ids.append(wire.request(w.CLOSE, handle))
         item.sha256 = digest.hexdigest()
+        item.bytes_read = offset
 
     # --- the rest of the protocol --------------------------------------------------------
 
