@@ -13,6 +13,8 @@ sees half a file under the real name.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import posixpath
 import unicodedata
@@ -77,9 +79,32 @@ def changed_since_stamp(upload: Upload, bytes_read: int) -> bool:
     if upload.stamp is None:
         return False
     try:
-        return bytes_read != upload.stamp[0] or file_stamp(upload.local) != upload.stamp
+        if bytes_read != upload.stamp[0] or file_stamp(upload.local) != upload.stamp:
+            return True
     except OSError:
         return True
+    # Nothing read from a file a writer holds open: the snapshot between its truncate and
+    # its write (a writer descheduled there keeps size and mtime still).
+    return bytes_read == 0 and being_written(upload.local)
+
+
+def being_written(path: Path | str) -> bool:
+    """Whether a process holds the file open for writing now (Linux: a read lease is
+    refused with EAGAIN then). False when it cannot tell (not our file, no lease support);
+    the lease is dropped at once, so a writer opening the file is never held up."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
