@@ -34,6 +34,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -56,7 +57,7 @@ FLUSH_EVERY = 0.075  # seconds: the sensor's share of the sync latency
 MIN_EMIT_GAP = 0.25  # at most four wake-ups a second per mapping
 REWAKE_AFTER = 10.0  # a wake-up that started no drain is repeated after this long
 WATCHED = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent,
-           FileMovedEvent, DirMovedEvent, DirDeletedEvent, DirCreatedEvent]
+           FileMovedEvent, DirMovedEvent, DirDeletedEvent, DirCreatedEvent, FileAttribEvent]
 
 Emit = Callable[[str, int], None]  # (mapping name, intents flushed)
 
@@ -99,6 +100,10 @@ def intents_for(event: FileSystemEvent, settings: MappingSettings) -> list[Inten
     if isinstance(event, FileClosedEvent) or (isinstance(event, FileCreatedEvent)
                                               and event.is_synthetic):
         return [Intent(SEND, src)]  # closed after writing, or moved in whole: ready now
+    if isinstance(event, FileAttribEvent):
+        # chmod, chown, touch: a file that could not be read may be readable now (and a
+        # send that keeps failing is retried at once, not after its backoff).
+        return [Intent(SEND, src)]
     if isinstance(event, FileCreatedEvent | FileModifiedEvent):
         wait = timedelta(seconds=settings.settle_seconds)
         return [Intent(SEND, src, not_before=utcnow() + wait)]
@@ -239,9 +244,23 @@ class FolderSensor(FileSystemEventHandler):
                                     f"{root} does not exist")
         self._observer.schedule(self, str(root), recursive=True, event_filter=WATCHED)
         self._observer.start()
+        self._catch_up()
         self._flusher.start()
         log.info("watching %s for sync mapping %r", root, self.settings.name)
         return self
+
+    def _catch_up(self) -> None:
+        """Changes made while no sensor watched (a kill, a reboot) have no events: ask the
+        next drain to compare the folder with the remote, and wake one. Asked after the
+        watch is up, so that every change is either an event or found by the compare."""
+        try:
+            if not queue.request_catch_up(self.url, self.settings.name):
+                return  # never synced: the first drain sends the whole tree
+        except Exception:  # noqa: BLE001 - the interval's full run catches up instead
+            log.warning("could not ask for a catch-up of %r", self.settings.name,
+                        exc_info=True)
+            return
+        self._wake(0, force=True)
 
     def stop(self) -> None:
         """Stop watching and write what is still buffered."""

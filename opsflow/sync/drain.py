@@ -71,7 +71,11 @@ class RunReport:
     def __init__(self) -> None:
         self.counts = {"sent": 0, "moved": 0, "deleted": 0, "skipped": 0, "failed": 0}
         self.rows: list[dict[str, str]] = []
-        self.first_failure: Outcome | None = None
+        self._failing: dict[int, Outcome] = {}  # failed in this run and not done since
+
+    @property
+    def first_failure(self) -> Outcome | None:
+        return next(iter(self._failing.values()), None)
 
     @property
     def applied(self) -> int:
@@ -85,9 +89,13 @@ class RunReport:
         for outcome in outcomes:
             done = outcome.status == "done"
             key = self.NAMES.get(outcome.kind, outcome.kind) if done else outcome.status
+            if outcome.status == "failed":
+                if outcome.action_id in self._failing:
+                    continue  # retried within this run and failed again: counted once
+                self._failing[outcome.action_id] = outcome
+            elif self._failing.pop(outcome.action_id, None) is not None:
+                self.counts["failed"] -= 1  # failed earlier in this run, then went through
             self.counts[key if key in self.counts else "skipped"] += 1
-            if outcome.status == "failed" and self.first_failure is None:
-                self.first_failure = outcome
             if outcome.status != "skipped" and len(self.rows) < TABLE_ROWS:
                 self.rows.append({"action": key, "path": outcome.path,
                                   "to": outcome.dest_path or "",
@@ -133,10 +141,12 @@ def prepare(url: str, settings: MappingSettings, transport: Transport, *, full: 
     """Seed a never-synced mapping, and with `full` enqueue what differs from the remote.
 
     Returns how many actions it queued. The full compare repairs what the sensor missed
-    (downtime, an inotify overflow). After a crashed drain, or in a full run, temporary
-    files of interrupted sends are swept first.
+    (downtime, an inotify overflow); a sensor that (re)starts asks for one by itself
+    (`queue.request_catch_up`). After a crashed drain, or in a full run, temporary files of
+    interrupted sends are swept first.
     """
     queued = 0
+    full = full or queue.needs_compare(url, settings.name)
     if full or after_crash:
         sweep_temp_files(transport)
     if not queue.is_seeded(url, settings.name):
@@ -268,6 +278,9 @@ def drain(url: str, settings: MappingSettings, open_transport: Callable[[], Tran
                 _drain_batches(url, settings, connection, owner, linger=linger, poll=poll,
                                batch=batch, report=report, batch_step=batch_step,
                                on_progress=on_progress)
+                if queue.needs_compare(url, mapping):  # a sensor restarted meanwhile
+                    prepare_step(url, settings, connection, True, False)
+                    continue
                 queue.release_drain(url, mapping, owner)
                 if not (queue.has_due(url, mapping)
                         and queue.acquire_drain(url, mapping, owner, lease=DRAIN_LEASE)):
