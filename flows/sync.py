@@ -91,6 +91,8 @@ def sync_folder(mapping: str, full: bool = False, linger: float = 3.0,
         finally:
             _report_artifact(mapping, report)
             update_progress_artifact(progress, 100.0)
+        for note in report.outages:  # ridden through, but an operator wants to know
+            logger.warning("Sync of %s: %s", mapping, note)
         logger.info("Sync of %s: %s", mapping, report.counts)
         failed = report.first_failure
         if failed is not None:

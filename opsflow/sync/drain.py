@@ -43,6 +43,20 @@ class TargetConnection:
     def __init__(self, opener: Callable[[], Transport]) -> None:
         self._opener = opener
         self._transport: Transport | None = None
+        self._lost_at: float | None = None  # since when the target has been unreachable
+
+    def lost(self) -> None:
+        """The target went away: drop the connection; the next attempt reconnects."""
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+        self.reset()
+
+    def take_outage(self) -> float | None:
+        """Seconds the target was unreachable before the step that just went through."""
+        if self._lost_at is None:
+            return None
+        lasted, self._lost_at = time.monotonic() - self._lost_at, None
+        return lasted
 
     def get(self) -> Transport:
         if self._transport is None:
@@ -72,6 +86,7 @@ class RunReport:
         self.counts = {"sent": 0, "moved": 0, "deleted": 0, "skipped": 0, "failed": 0}
         self.rows: list[dict[str, str]] = []
         self._failing: dict[int, Outcome] = {}  # failed in this run and not done since
+        self.outages: list[str] = []
 
     @property
     def first_failure(self) -> Outcome | None:
@@ -101,6 +116,14 @@ class RunReport:
                                   "to": outcome.dest_path or "",
                                   "detail": "" if done and outcome.kind == "send"
                                   else (outcome.detail or "")[:200]})
+
+    def outage(self, seconds: float) -> str:
+        """An outage the drain rode through: a table row and a WARNING line."""
+        note = f"target unreachable {seconds:.0f} s, resumed"
+        self.outages.append(note)
+        self.rows.append({"action": "outage", "path": "", "to": "", "detail": note})
+        log.warning("%s", note)
+        return note
 
     def summary(self) -> str:
         return ", ".join(f"{v} {k}" for k, v in self.counts.items())
@@ -163,13 +186,19 @@ def prepare(url: str, settings: MappingSettings, transport: Transport, *, full: 
     return queued
 
 
+Recorded = Callable[[list[Outcome]], None]
+
+
 def run_batch(url: str, settings: MappingSettings, transport: Transport, ids: Sequence[int],
-              *, claimer: str, already_deleted: int = 0) -> list[Outcome]:
+              *, claimer: str, already_deleted: int = 0,
+              on_recorded: Recorded | None = None) -> list[Outcome]:
     """Apply the claimed actions `ids`, flipping each marker after the target confirmed it.
 
     Markers are flushed a few times a second (one transaction each), and the lease of the
-    rest of the batch is renewed at each flush. A batch that is retried reloads its rows:
-    what an earlier attempt finished is no longer pending and is not repeated.
+    rest of the batch is renewed at each flush; `on_recorded` hears each flushed group, so
+    a report counts what the queue records, also of an attempt cut off by a lost target.
+    A batch that is retried reloads its rows: what an earlier attempt finished is no longer
+    pending and is not repeated.
     """
     rows = queue.claimed_rows(url, ids, claimer=claimer)
     if not rows:
@@ -187,6 +216,8 @@ def run_batch(url: str, settings: MappingSettings, transport: Transport, ids: Se
             queue.record_outcomes(url, outcomes, claimer=claimer, lease=LEASE,
                                   still_working=sorted(remaining),
                                   settle=timedelta(seconds=settings.settle_seconds))
+            if on_recorded is not None:
+                on_recorded(outcomes)
         last_flush = time.monotonic()
 
     def on_outcome(outcome: Outcome) -> None:
@@ -215,7 +246,7 @@ def check_deletes_up_front(url: str, settings: MappingSettings, transport: Trans
 
 
 PrepareStep = Callable[[str, MappingSettings, TargetConnection, bool, bool], int]
-BatchStep = Callable[[str, MappingSettings, TargetConnection, list[int], str, int],
+BatchStep = Callable[[str, MappingSettings, TargetConnection, list[int], str, int, Recorded],
                      list[Outcome]]
 ProgressHook = Callable[[float], None]
 
@@ -230,19 +261,20 @@ def prepare_target(url: str, settings: MappingSettings, connection: TargetConnec
         check_deletes_up_front(url, settings, transport, already_deleted=0)
         return queued
     except TransportUnavailable:
-        connection.reset()
+        connection.lost()
         raise
 
 
 def apply_claimed(url: str, settings: MappingSettings, connection: TargetConnection,
-                  action_ids: list[int], claimer: str, already_deleted: int) -> list[Outcome]:
+                  action_ids: list[int], claimer: str, already_deleted: int,
+                  on_recorded: Recorded | None = None) -> list[Outcome]:
     """`run_batch` over the drain's connection (the step the flow runs as a task); a lost
     target drops the connection, so that a retry reconnects and reloads the batch."""
     try:
         return run_batch(url, settings, connection.get(), action_ids, claimer=claimer,
-                         already_deleted=already_deleted)
+                         already_deleted=already_deleted, on_recorded=on_recorded)
     except TransportUnavailable:
-        connection.reset()
+        connection.lost()
         raise
 
 
@@ -272,6 +304,9 @@ def drain(url: str, settings: MappingSettings, open_transport: Callable[[], Tran
     try:
         with Heartbeat(url, mapping, owner, drain_lease=DRAIN_LEASE, every=RENEW_EVERY):
             queued = prepare_step(url, settings, connection, full, after_crash)
+            outage = connection.take_outage()
+            if outage is not None:
+                report.outage(outage)
             if queued:
                 log.info("queued %d actions of %r (first sync or full compare)", queued, mapping)
             while True:
@@ -306,10 +341,15 @@ def _drain_batches(url: str, settings: MappingSettings, connection: TargetConnec
         if rows:
             ids = [row.id for row in rows]
             try:
-                report.add(batch_step(url, settings, connection, ids, owner,
-                                      report.counts["deleted"]))
+                # Counted as recorded, not from the return value: an attempt cut off by a
+                # lost target recorded work that the retry's return value does not hold.
+                batch_step(url, settings, connection, ids, owner, report.counts["deleted"],
+                           report.add)
             finally:
                 queue.release_actions(url, ids, claimer=owner)  # undone work stays queued
+            outage = connection.take_outage()
+            if outage is not None:
+                report.outage(outage)
             idle_since = time.monotonic()
             if on_progress is not None and idle_since - last_progress >= 1.0:
                 pending = queue.pending_summary(url, mapping)[0]
