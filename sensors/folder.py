@@ -142,6 +142,8 @@ class FolderSensor(FileSystemEventHandler):
         self._last_error_log = float("-inf")
         self._drain_seen = False
         self._closed_at: dict[str, float] = {}  # path -> monotonic time of its last close
+        self._fresh: set[str] = set()  # files created since the last flush (not queued yet)
+        self._gone: set[str] = set()  # files deleted since the last flush (maybe on target)
         self.events_seen = 0
         self.intents_flushed = 0
 
@@ -155,10 +157,33 @@ class FolderSensor(FileSystemEventHandler):
             return
         with self._lock:
             self.events_seen += 1
+            intents = self._unless_fresh(event, intents)
             for intent in intents:
                 if isinstance(event, FileClosedEvent) and intent.not_before is None:
                     intent = self._settle_if_rewritten(intent)
                 self._buffer.add(intent)
+
+    def _unless_fresh(self, event: FileSystemEvent, intents: list[Intent]) -> list[Intent]:
+        """Editor saves (write `.x.swp`, rename it over `x`): a file created and renamed
+        before the flush never reached the queue, so the target cannot have it. Its rename
+        is one send of the new name (settling like a rewrite), not a move plus a send."""
+        if isinstance(event, FileDeletedEvent):
+            self._gone.update(i.path for i in intents)
+            return intents
+        if isinstance(event, FileCreatedEvent) and not event.is_synthetic:
+            # A name deleted in this window may still be on the target: not fresh.
+            self._fresh.update(i.path for i in intents
+                               if i.kind == SEND and i.path not in self._gone)
+            return intents
+        if len(intents) == 1 and intents[0].kind == MOVE and not intents[0].is_dir \
+                and intents[0].path in self._fresh:
+            move = intents[0]
+            assert move.dest_path is not None
+            self._fresh.discard(move.path)
+            self._fresh.add(move.dest_path)
+            self._buffer.discard_send(move.path)
+            return [self._settle_if_rewritten(Intent(SEND, move.dest_path))]
+        return intents
 
     def _settle_if_rewritten(self, intent: Intent) -> Intent:
         """A close within `settle_seconds` of the last close of the same file: still being
@@ -182,6 +207,7 @@ class FolderSensor(FileSystemEventHandler):
         """Write what arrived since the last flush; on failure keep it for the next one."""
         with self._lock:
             buffer, self._buffer = self._buffer, Coalescer()
+            self._fresh, self._gone = set(), set()
         intents = buffer.intents()
         if not intents:
             return 0
