@@ -28,7 +28,7 @@ import paramiko
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from opsflow.transports.base import Upload  # noqa: E402
+from opsflow.transports.base import Upload, changed_since_stamp  # noqa: E402
 from opsflow.transports.sftp import SftpSettings, SftpTransport  # noqa: E402
 from tests.support.servers import Sshd  # noqa: E402
 
@@ -82,6 +82,14 @@ class Bench:
         return dest
 
     def opsflow(self, source: Path, files: list[Path], dest: Path) -> None:
+        """As the drain sends: each upload with its stamp, checked before it is published."""
+        self._opsflow(source, files, dest, checked=True)
+
+    def opsflow_unchecked(self, source: Path, files: list[Path], dest: Path) -> None:
+        """Without the stability check (no stamps): what it costs, in the same run."""
+        self._opsflow(source, files, dest, checked=False)
+
+    def _opsflow(self, source: Path, files: list[Path], dest: Path, *, checked: bool) -> None:
         settings = SftpSettings(
             host="127.0.0.1", port=self.sshd.port, username=self.sshd.user,
             known_hosts=self.sshd.known_hosts_line,
@@ -89,8 +97,9 @@ class Bench:
         uploads = []
         for path in files:
             info = path.stat()
+            stamp = (info.st_size, info.st_mtime_ns, info.st_ino) if checked else None
             uploads.append(Upload(path, path.relative_to(source).as_posix(), info.st_size,
-                                  info.st_mtime))
+                                  info.st_mtime, stamp=stamp))
         transport = SftpTransport(settings, str(dest))
         try:
             failed = [r for r in transport.send(uploads) if not r.ok]
@@ -143,6 +152,25 @@ class Bench:
             client.close()
 
 
+def check_cost(files: list[Path], rate: float) -> None:
+    """The stability check's own cost (a stat before, a stat after the read, as the drain
+    does), best of 3 passes over the small files, beside opsflow's time per file: a
+    figure a loaded machine blurs less than the difference of two throughputs."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for path in files:
+            info = path.stat()
+            upload = Upload(path, path.name, info.st_size, info.st_mtime,
+                            stamp=(info.st_size, info.st_mtime_ns, info.st_ino))
+            if changed_since_stamp(upload, info.st_size):
+                raise SystemExit(f"{path} changed during the bench")
+        best = min(best, time.perf_counter() - start)
+    per_file, per_send = best / len(files), 1 / rate
+    print(f"stability check: {per_file * 1e6:.1f} us per file = "
+          f"{100 * per_file / per_send:.2f}% of opsflow's {per_send * 1e6:.0f} us per small file")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=5000)
@@ -164,7 +192,8 @@ def main() -> None:
         make_data(data, args.small, args.folders, args.large, args.large_mib)
         bench = Bench(work, sshd, args.connections)
         tools: dict[str, Callable[[Path, list[Path], Path], None]] = {
-            "rsync": bench.rsync, "opsflow": bench.opsflow, "rclone": bench.rclone,
+            "rsync": bench.rsync, "opsflow": bench.opsflow,
+            "opsflow-unchecked": bench.opsflow_unchecked, "rclone": bench.rclone,
             "paramiko-loop": bench.paramiko_loop,
         }
         wanted = [t for t in args.only.split(",") if t] or list(tools)
@@ -218,6 +247,8 @@ def main() -> None:
                   f"{ratio_mbps:>8}  {note}")
         print(f"\ntargets: opsflow small >= 0.5 x rsync, large >= 0.8 x rsync "
               f"(opsflow used {args.connections} connections, {os.cpu_count()} cores)")
+        if small_files and figures.get("opsflow", (None,))[0]:
+            check_cost(small_files, figures["opsflow"][0])
     finally:
         sshd.stop()
         shutil.rmtree(work, ignore_errors=True)

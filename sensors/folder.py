@@ -6,7 +6,9 @@ seconds, so a flood of events costs memory for the paths in flight, not for the 
 
 Settle time: on Linux a file closed after writing (`FileClosedEvent`) is ready at once; a file
 created or modified without a close is sent after `settle_seconds` of quiet (each change
-pushes its `not_before` further). The sensor keeps queueing whatever the target's state:
+pushes its `not_before` further), and so is a file closed again within `settle_seconds` of
+its last close: one still being rewritten or appended to is sent once, after it settles,
+not at the drain's pace. The sensor keeps queueing whatever the target's state:
 only the sync flow talks to the target.
 
 Waking the drain: after a flush the sensor emits `opsflow.sync.queued` for the mapping, at
@@ -23,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -32,6 +35,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -54,7 +58,7 @@ FLUSH_EVERY = 0.075  # seconds: the sensor's share of the sync latency
 MIN_EMIT_GAP = 0.25  # at most four wake-ups a second per mapping
 REWAKE_AFTER = 10.0  # a wake-up that started no drain is repeated after this long
 WATCHED = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent,
-           FileMovedEvent, DirMovedEvent, DirDeletedEvent, DirCreatedEvent]
+           FileMovedEvent, DirMovedEvent, DirDeletedEvent, DirCreatedEvent, FileAttribEvent]
 
 Emit = Callable[[str, int], None]  # (mapping name, intents flushed)
 
@@ -97,6 +101,10 @@ def intents_for(event: FileSystemEvent, settings: MappingSettings) -> list[Inten
     if isinstance(event, FileClosedEvent) or (isinstance(event, FileCreatedEvent)
                                               and event.is_synthetic):
         return [Intent(SEND, src)]  # closed after writing, or moved in whole: ready now
+    if isinstance(event, FileAttribEvent):
+        # chmod, chown, touch: a file that could not be read may be readable now (and a
+        # send that keeps failing is retried at once, not after its backoff).
+        return [Intent(SEND, src)]
     if isinstance(event, FileCreatedEvent | FileModifiedEvent):
         wait = timedelta(seconds=settings.settle_seconds)
         return [Intent(SEND, src, not_before=utcnow() + wait)]
@@ -134,6 +142,9 @@ class FolderSensor(FileSystemEventHandler):
         self._last_emit = float("-inf")
         self._last_error_log = float("-inf")
         self._drain_seen = False
+        self._closed_at: dict[str, float] = {}  # path -> monotonic time of its last close
+        self._fresh: set[str] = set()  # files created since the last flush (not queued yet)
+        self._gone: set[str] = set()  # files deleted since the last flush (maybe on target)
         self.events_seen = 0
         self.intents_flushed = 0
 
@@ -147,8 +158,49 @@ class FolderSensor(FileSystemEventHandler):
             return
         with self._lock:
             self.events_seen += 1
+            intents = self._unless_fresh(event, intents)
             for intent in intents:
+                if isinstance(event, FileClosedEvent) and intent.not_before is None:
+                    intent = self._settle_if_rewritten(intent)
                 self._buffer.add(intent)
+
+    def _unless_fresh(self, event: FileSystemEvent, intents: list[Intent]) -> list[Intent]:
+        """Editor saves (write `.x.swp`, rename it over `x`): a file created and renamed
+        before the flush never reached the queue, so the target cannot have it. Its rename
+        is one send of the new name (settling like a rewrite), not a move plus a send."""
+        if isinstance(event, FileDeletedEvent):
+            self._gone.update(i.path for i in intents)
+            return intents
+        if isinstance(event, FileCreatedEvent) and not event.is_synthetic:
+            # A name deleted in this window may still be on the target: not fresh.
+            self._fresh.update(i.path for i in intents
+                               if i.kind == SEND and i.path not in self._gone)
+            return intents
+        if len(intents) == 1 and intents[0].kind == MOVE and not intents[0].is_dir \
+                and intents[0].path in self._fresh:
+            move = intents[0]
+            assert move.dest_path is not None
+            self._fresh.discard(move.path)
+            self._fresh.add(move.dest_path)
+            self._buffer.discard_send(move.path)
+            return [self._settle_if_rewritten(Intent(SEND, move.dest_path))]
+        return intents
+
+    def _settle_if_rewritten(self, intent: Intent) -> Intent:
+        """A close within `settle_seconds` of the last close of the same file: still being
+        rewritten, so it waits for quiet like a modification without a close."""
+        now = time.monotonic()
+        last = self._closed_at.get(intent.path)
+        self._closed_at[intent.path] = now
+        if last is None or now - last >= self.settings.settle_seconds:
+            return intent  # written once and closed: ready at once
+        return replace(intent, not_before=utcnow() + timedelta(
+            seconds=self.settings.settle_seconds))
+
+    def _forget_old_closes(self) -> None:
+        cutoff = time.monotonic() - self.settings.settle_seconds
+        with self._lock:
+            self._closed_at = {p: t for p, t in self._closed_at.items() if t >= cutoff}
 
     # --- flusher thread: one transaction per interval -------------------------------------
 
@@ -156,6 +208,7 @@ class FolderSensor(FileSystemEventHandler):
         """Write what arrived since the last flush; on failure keep it for the next one."""
         with self._lock:
             buffer, self._buffer = self._buffer, Coalescer()
+            self._fresh, self._gone = set(), set()
         intents = buffer.intents()
         if not intents:
             return 0
@@ -197,7 +250,10 @@ class FolderSensor(FileSystemEventHandler):
         next_check = time.monotonic() + REWAKE_AFTER
         while not self._stop.wait(self.flush_every):
             self.flush()
+            if len(self._closed_at) > 1000:
+                self._forget_old_closes()
             if time.monotonic() >= next_check:
+                self._forget_old_closes()
                 next_check = time.monotonic() + REWAKE_AFTER
                 try:
                     if queue.has_due(self.url, self.settings.name):
@@ -215,9 +271,23 @@ class FolderSensor(FileSystemEventHandler):
                                     f"{root} does not exist")
         self._observer.schedule(self, str(root), recursive=True, event_filter=WATCHED)
         self._observer.start()
+        self._catch_up()
         self._flusher.start()
         log.info("watching %s for sync mapping %r", root, self.settings.name)
         return self
+
+    def _catch_up(self) -> None:
+        """Changes made while no sensor watched (a kill, a reboot) have no events: ask the
+        next drain to compare the folder with the remote, and wake one. Asked after the
+        watch is up, so that every change is either an event or found by the compare."""
+        try:
+            if not queue.request_catch_up(self.url, self.settings.name):
+                return  # never synced: the first drain sends the whole tree
+        except Exception:  # noqa: BLE001 - the interval's full run catches up instead
+            log.warning("could not ask for a catch-up of %r", self.settings.name,
+                        exc_info=True)
+            return
+        self._wake(0, force=True)
 
     def stop(self) -> None:
         """Stop watching and write what is still buffered."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from opsflow.sync import queue
 from opsflow.sync.coalesce import Intent
-from opsflow.sync.drain import Tally, drain
+from opsflow.sync.drain import RunReport, drain
 from opsflow.sync.tree import MappingSettings
 from opsflow.transports.base import Transport
 
@@ -47,7 +47,7 @@ def local_opener(remote: Path) -> Callable[[], Transport]:
 
 
 def sync(url: str, settings: MappingSettings, opener: Callable[[], Transport],
-         *intents: Intent, full: bool = False) -> Tally:
+         *intents: Intent, full: bool = False) -> RunReport:
     """Queue `intents` (as the sensor would) and drain them without Prefect."""
     queue.enqueue(url, settings.name, intents)
     return drain(url, settings, opener, full=full)

@@ -120,10 +120,10 @@ def test_all_50_names_sync_from_a_real_folder_byte_exact(sqlite_url: str, tmp_pa
 
     tally = drain(sqlite_url, settings, opener)  # a first sync seeds every file
 
-    assert tally.counts()["sent"] == 50 and tally.counts()["failed"] == 0
+    assert tally.counts["sent"] == 50 and tally.counts["failed"] == 0
     got = remote_files()
     assert got == tree_of(local)
     assert not [p for p in got if TEMP_PREFIX.encode() in p]
     # A full compare afterwards finds nothing to do: the names round-trip through listing.
     again = drain(sqlite_url, settings, opener, full=True)
-    assert again.counts() == {"sent": 0, "moved": 0, "deleted": 0, "skipped": 0, "failed": 0}
+    assert again.counts == {"sent": 0, "moved": 0, "deleted": 0, "skipped": 0, "failed": 0}

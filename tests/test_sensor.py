@@ -197,6 +197,8 @@ def test_nothing_is_lost_while_the_store_refuses_writes(sensor: FolderSensor, sq
     time.sleep(0.3)  # several flushes fail meanwhile
     with get_engine(sqlite_url).begin() as conn:
         conn.execute(text("ALTER TABLE sync_actions_away RENAME TO sync_actions"))
-    wait_for(lambda: queued(sqlite_url) == [("send", "during-outage-2"),
-                                            ("move", "during-outage-1", "renamed"),
-                                            ("send", "renamed")])
+    # created and renamed in one flush window it is one send; straddling flushes, a move
+    wait_for(lambda: queued(sqlite_url) in ([("send", "during-outage-2"),
+                                             ("move", "during-outage-1", "renamed"),
+                                             ("send", "renamed")],
+                                            [("send", "during-outage-2"), ("send", "renamed")]))

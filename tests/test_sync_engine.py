@@ -42,10 +42,10 @@ def test_first_sync_sends_every_file_and_only_once(sqlite_url: str, tmp_path: Pa
         write(settings.local_root, f"d{i % 3}/f{i}.txt", f"content {i}")
     write(settings.local_root, "skip.tmp", "excluded")
     tally = drain(sqlite_url, settings, opener)
-    assert tally.counts()["sent"] == 12
+    assert tally.counts["sent"] == 12
     assert tree(remote) == {k: v for k, v in tree(settings.local_root).items()
                             if not k.endswith(".tmp")}
-    assert drain(sqlite_url, settings, opener).counts()["sent"] == 0  # seeded once
+    assert drain(sqlite_url, settings, opener).counts["sent"] == 0  # seeded once
 
 
 def test_send_delete_send_ends_with_the_file_present(sqlite_url: str, tmp_path: Path,
@@ -72,7 +72,7 @@ def test_complete_sync_off_never_deletes_remotely(sqlite_url: str, tmp_path: Pat
     tally = sync(sqlite_url, settings, opener, Intent(DELETE, "keep.txt"),
                  Intent(DELETE, "d", is_dir=True), full=True)
     assert tree(remote) == {"keep.txt": b"k", "d/inner.txt": b"i"}
-    assert tally.counts()["deleted"] == 0
+    assert tally.counts["deleted"] == 0
 
 
 def test_moves_of_files_and_folders_are_mirrored(sqlite_url: str, tmp_path: Path,
@@ -90,7 +90,7 @@ def test_moves_of_files_and_folders_are_mirrored(sqlite_url: str, tmp_path: Path
                  Intent(MOVE, "photos", "archive", is_dir=True))
     assert tree(remote) == tree(root) == {"b.txt": b"A", "archive/2025/x.jpg": b"X",
                                           "archive/2025/y.jpg": b"Y"}
-    assert tally.counts() == {"sent": 0, "moved": 2, "deleted": 0, "skipped": 0, "failed": 0}
+    assert tally.counts == {"sent": 0, "moved": 2, "deleted": 0, "skipped": 0, "failed": 0}
 
 
 def test_a_move_whose_source_never_arrived_sends_the_destination(

@@ -225,8 +225,19 @@ def test_sync_status_shows_counts_failures_and_the_drain(store_url: str) -> None
     acquire_drain(store_url, "m", "me", lease=timedelta(minutes=1))
     with sessions(store_url)() as session:
         text = "\n".join(status_lines(session))
-    assert "m: 2 pending, 0 done, 1 failed (1 pending sends settling); drained now by me" in text
-    assert "failed send 'a': denied by target" in text
+    # a refused send is retried by itself: pending, waiting its backoff, with its reason
+    assert "m: 3 pending, 0 done, 0 failed (2 pending sends settling); drained now by me" in text
+    assert "retrying send 'a' (tried 1x, next try in " in text
+    assert " s): denied by target" in text
+    with session_scope(store_url) as session:  # its backoff has passed
+        session.get(SyncAction, first.id).not_before = utcnow() - timedelta(seconds=1)
+    [again] = claim_actions(store_url, "m", claimer="me", limit=10, lease=timedelta(minutes=1))
+    assert again.id == first.id
+    record_outcomes(store_url, [Outcome(first.id, "send", "a", None, "failed", "refused: outside")],
+                    claimer="me")
+    with sessions(store_url)() as session:
+        text = "\n".join(status_lines(session))
+    assert "failed send 'a': refused: outside" in text  # our own refusal: not retried
 
 
 def test_sync_status_on_the_command_line() -> None:

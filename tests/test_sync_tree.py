@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from opsflow.sync.tree import MappingSettings, glob_matches
+from opsflow.transports.temp_names import temp_name
 
 
 @pytest.mark.parametrize(("pattern", "path", "expected"), [
@@ -24,6 +25,9 @@ from opsflow.sync.tree import MappingSettings, glob_matches
     ("[ab].txt", "b.txt", True),
     ("[!ab].txt", "b.txt", False),
     ("a+b (1).txt", "a+b (1).txt", True),  # regex characters are plain
+    ("/top.txt", "top.txt", True),  # a leading slash anchors, as in .gitignore
+    ("/top.txt", "a/top.txt", False),
+    ("*.tmp", "line\nbreak.tmp", True),
 ])
 def test_glob_matches(pattern: str, path: str, expected: bool) -> None:
     assert glob_matches(pattern, path) is expected
@@ -37,4 +41,11 @@ def test_include_then_exclude(tmp_path: Path) -> None:
     assert not settings.wants("a/b.png")
     assert not settings.wants("a/b-draft.jpg")
     assert not settings.wants(".cache/x.jpg")
-    assert not settings.wants("a/.opsflow-partial-0123abcd")  # a transport's temp file
+    assert not settings.wants("a/" + temp_name())  # a transport's upload in flight
+    assert settings.wants("docs/.opsflow-partial-notes")  # a user's file with that prefix
+
+
+def test_exclude_reincludes_with_a_bang_as_gitignore_does(tmp_path: Path) -> None:
+    settings = MappingSettings(name="m", local_root=tmp_path, exclude=("*.log", "!keep.log"))
+    assert not settings.wants("a/run.log")
+    assert settings.wants("a/keep.log")

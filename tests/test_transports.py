@@ -20,7 +20,6 @@ from prefect_aws.s3 import S3Bucket
 
 from blocks.local_folder import LocalFolder
 from blocks.targets import open_transport
-from opsflow.sync.local_paths import resolve_inside
 from opsflow.transports.base import (
     TEMP_PREFIX,
     MissingSource,
@@ -30,8 +29,10 @@ from opsflow.transports.base import (
     Upload,
 )
 from opsflow.transports.local import LocalTransport
+from opsflow.transports.local_paths import resolve_inside
 from opsflow.transports.s3 import S3Transport
 from opsflow.transports.sftp import SftpSettings, SftpTransport
+from opsflow.transports.temp_names import temp_name
 from tests.support.servers import S3Endpoint, Sshd, free_port
 
 HOSTILE_NAMES = [
@@ -295,22 +296,29 @@ def test_leftover_temporary_files_are_swept_where_we_write(kind: str, tmp_path: 
     source.mkdir()
     send_all(target.transport, make_files(source, ["a/one", "b/two"]))
     target.transport.close()
-    # what a killed run leaves: a partial file under a temporary name
+    # what a killed run leaves: a partial file under a temporary name; beside it, user
+    # files that only look like one (the prefix, even the shape) are never removed
     root = tmp_path / "target" / "base" if kind == "local" else tmp_path / "remote"
-    (root / "a" / f"{TEMP_PREFIX}deadbeef").write_bytes(b"half")
-    (root / "b" / f"{TEMP_PREFIX}cafe").write_bytes(b"half")
+    left_a, left_b = temp_name(), temp_name()
+    (root / "a" / left_a).write_bytes(b"half")
+    (root / "b" / left_b).write_bytes(b"half")
+    (root / "a" / f"{TEMP_PREFIX}notes").write_bytes(b"mine")
+    (root / "b" / f"{TEMP_PREFIX}0123456789abcdef-00000000").write_bytes(b"mine too")
+    users = [f"a/{TEMP_PREFIX}notes".encode(),
+             f"b/{TEMP_PREFIX}0123456789abcdef-00000000".encode()]
     transport = (open_transport(LocalFolder(path=str(tmp_path / "target")), "base")
                  if kind == "local" else
                  SftpTransport(sftp_settings(request.getfixturevalue("sshd")), str(root)))
     try:
         send_all(transport, make_files(source, ["a/three"]))
-        assert "a/" + TEMP_PREFIX + "deadbeef" not in [e.path for e in transport.listing()]
+        listed = [e.path for e in transport.listing()]
+        assert "a/" + left_a not in listed and f"a/{TEMP_PREFIX}notes" in listed
     finally:
         transport.close()
-    assert sorted(tree_of(root)) == [b"a/one", b"a/three", f"b/{TEMP_PREFIX}cafe".encode(),
-                                     b"b/two"]
+    assert sorted(tree_of(root)) == sorted([b"a/one", b"a/three", f"b/{left_b}".encode(),
+                                            b"b/two", *users])
 
-    # a full run sweeps the whole tree
+    # a full run sweeps the whole tree, of opsflow's own temporary files only
     transport = (open_transport(LocalFolder(path=str(tmp_path / "target")), "base")
                  if kind == "local" else
                  SftpTransport(sftp_settings(request.getfixturevalue("sshd")), str(root)))
@@ -318,7 +326,7 @@ def test_leftover_temporary_files_are_swept_where_we_write(kind: str, tmp_path: 
         assert transport.sweep_temp_files() == 1  # type: ignore[attr-defined]
     finally:
         transport.close()
-    assert sorted(tree_of(root)) == [b"a/one", b"a/three", b"b/two"]
+    assert sorted(tree_of(root)) == sorted([b"a/one", b"a/three", b"b/two", *users])
 
 
 # --- local specifics -------------------------------------------------------------------------
@@ -426,7 +434,7 @@ def test_s3_file_changed_between_hash_and_send_is_not_left_under_a_wrong_sha256(
 
     monkeypatch.setattr(s3_module, "file_sha256", hash_then_rewrite)
     [result] = list(s3_target.transport.send([Upload(path, "moving")]))
-    assert not result.ok and "changed while it was sent" in (result.error or "")
+    assert not result.ok and result.changed and "changed while it was read" in (result.error or "")
     assert s3_target.transport.stat("moving") is None
 
 

@@ -1,8 +1,10 @@
 """What each mapping's sync queue holds, and whether a drain is live (`opsflow sync status`).
 
-Failed actions are not retried by themselves (the target refused them: a permission, a
-refused path); once the cause is fixed, a full run (`sync_folder(mapping, full=True)`, or the
-`sync-all-folders` safety net) enqueues whatever still differs.
+An action the target refused (a permission, a folder in the way) stays pending with its
+reason and is retried by itself with a capped backoff; it shows here as "retrying" until it
+goes through. Only a path refused by opsflow's own checks, or one that failed for hours, is
+marked failed; a full run (`sync_folder(mapping, full=True)`, or the `sync-all-folders`
+safety net) enqueues whatever still differs.
 """
 
 from __future__ import annotations
@@ -48,13 +50,28 @@ def status_lines(session: Session, mapping: str | None = None, failed: int = 20)
                      + f" ({waiting} pending sends settling); {drain}")
         if state is not None:
             seeded = f"{state.seeded_at:%Y-%m-%d %H:%M:%S} UTC" if state.seeded_at else "never"
-            full = f"{state.last_full_at:%Y-%m-%d %H:%M:%S} UTC" if state.last_full_at else "never"
+            full = (f"{state.last_full_at:%Y-%m-%d %H:%M:%S} UTC" if state.last_full_at
+                    else "due (a sensor started)" if state.seeded_at else "never")
             lines.append(f"  first sync: {seeded}; last full compare: {full}")
         for row in session.scalars(
                 select(SyncAction).where(SyncAction.mapping == name,
                                          SyncAction.status == ActionStatus.FAILED)
                 .order_by(SyncAction.id.desc()).limit(failed)):
             target = f" -> {row.dest_path}" if row.dest_path else ""
-            lines.append(f"  failed {row.kind} {row.path!r}{target}: "
-                         f"{(row.last_error or '').splitlines()[0][:160] if row.last_error else ''}")
+            lines.append(f"  failed {row.kind} {row.path!r}{target}: {_reason(row)}")
+        for row in session.scalars(
+                select(SyncAction).where(SyncAction.mapping == name,
+                                         SyncAction.status == ActionStatus.PENDING,
+                                         SyncAction.last_error.is_not(None),
+                                         SyncAction.attempts > 0)
+                .order_by(SyncAction.id).limit(failed)):
+            target = f" -> {row.dest_path}" if row.dest_path else ""
+            when = (f"next try in {max(0, int((row.not_before - now).total_seconds()))} s"
+                    if row.not_before and row.not_before > now else "next try now")
+            lines.append(f"  retrying {row.kind} {row.path!r}{target} "
+                         f"(tried {row.attempts}x, {when}): {_reason(row)}")
     return lines
+
+
+def _reason(row: SyncAction) -> str:
+    return row.last_error.splitlines()[0][:160] if row.last_error else ""

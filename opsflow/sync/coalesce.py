@@ -111,6 +111,14 @@ class Coalescer:
         """Entries that are not yet rows, in the order they must be written."""
         return [entry for entry in self._entries.values() if entry.row_id is None]
 
+    def discard_send(self, path: str) -> None:
+        """Drop free pending sends of the file `path`: the sensor knows that it was created
+        and moved away before any of it was queued, so the target never had it."""
+        for key, entry in self._touching(path):
+            if (not entry.locked and entry.intent.kind == SEND and not entry.intent.is_dir
+                    and entry.intent.path == path):
+                self._drop(key)
+
     # --- the rules ------------------------------------------------------------------------
 
     def add(self, intent: Intent) -> None:

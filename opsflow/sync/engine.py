@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Protocol
 
 from opsflow.sync.actions import ActionKind
-from opsflow.sync.local_paths import resolve_inside
 from opsflow.sync.queue import Outcome
 from opsflow.sync.tree import MappingSettings
 from opsflow.transports.base import (
@@ -32,6 +31,7 @@ from opsflow.transports.base import (
     TransportUnavailable,
     Upload,
 )
+from opsflow.transports.local_paths import resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,8 @@ def _upload(action_path: str, settings: MappingSettings) -> Upload | str:
         return "skipped: the local file is gone"
     if not local.is_file():
         return "skipped: not a regular file"
-    return Upload(local=local, path=action_path, size=info.st_size, mtime=info.st_mtime)
+    return Upload(local=local, path=action_path, size=info.st_size, mtime=info.st_mtime,
+                  stamp=(info.st_size, info.st_mtime_ns, info.st_ino))
 
 
 def _send_all(transport: Transport, actions: Sequence[Action], settings: MappingSettings,
@@ -174,6 +175,8 @@ def _send_all(transport: Transport, actions: Sequence[Action], settings: Mapping
                 report(_outcome(action, "done", result.sha256))
             elif not result.upload.local.exists():
                 report(_outcome(action, "skipped", "skipped: the local file vanished"))
+            elif result.changed:
+                report(_outcome(action, "changed", result.error))  # requeued to settle
             else:
                 report(_failed(action, result.error))
 

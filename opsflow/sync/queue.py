@@ -26,6 +26,19 @@ from opsflow.sync.actions import ActionKind, ActionStatus, SyncAction, SyncState
 from opsflow.sync.coalesce import Coalescer, Entry, Intent
 
 CHUNK = 400  # paths per IN (...) list; well under SQLite's bound-parameter limit
+RETRY_FIRST = 5.0  # seconds before a failed action is tried again; doubles each time
+RETRY_CAP = 600.0  # ... up to ten minutes between tries
+RETRY_LIMIT = 30  # tries (about four hours) before it waits for a full run, marked failed
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Capped exponential backoff after `attempts` failed tries: seconds, then minutes."""
+    return timedelta(seconds=min(RETRY_CAP, RETRY_FIRST * 2 ** max(0, attempts - 1)))
+
+
+def gives_up(attempts: int, detail: str | None) -> bool:
+    """A path refused by our own checks never changes by waiting; the rest is retried."""
+    return attempts >= RETRY_LIMIT or (detail or "").startswith("refused")
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,7 @@ class Outcome:
     kind: str
     path: str
     dest_path: str | None
-    status: str  # "done", "skipped" (nothing left to do) or "failed"
+    status: str  # "done", "skipped" (nothing left to do), "failed", or "changed" (requeued)
     detail: str | None = None
 
 
@@ -149,15 +162,39 @@ def claimed_rows(url: str, ids: Sequence[int], *, claimer: str) -> list[SyncActi
 
 
 def record_outcomes(url: str, outcomes: Sequence[Outcome], *, claimer: str,
-                    lease: timedelta | None = None, still_working: Sequence[int] = ()) -> None:
+                    lease: timedelta | None = None, still_working: Sequence[int] = (),
+                    settle: timedelta = timedelta(seconds=2)) -> None:
     """Flip each action's marker after the target confirmed it; renew the rest of the batch.
 
-    Only rows still leased to `claimer` are flipped: a row the sensor replaced meanwhile is
-    gone, and its replacement is applied later anyway.
+    A send whose file changed while it was read stays pending and waits `settle` (a file
+    still being rewritten is sent once it is quiet). A failed action stays pending too,
+    with its reason, and is tried again after a capped backoff (a permission fixed, a
+    folder out of the way) until `gives_up`. Only rows still leased to `claimer` are
+    flipped: a row the sensor replaced meanwhile is gone, and its replacement is applied
+    later anyway.
     """
     now = utcnow()
     with session_scope(url) as session:
+        failed_ids = [o.action_id for o in outcomes if o.status == "failed"]
+        tries = dict(session.execute(
+            select(SyncAction.id, SyncAction.attempts).where(SyncAction.id.in_(failed_ids)))
+            .tuples().all()) if failed_ids else {}
         for outcome in outcomes:
+            if outcome.status == "changed":
+                session.execute(
+                    update(SyncAction)
+                    .where(SyncAction.id == outcome.action_id, SyncAction.claimed_by == claimer)
+                    .values(claimed_by=None, claimed_until=None, not_before=now + settle,
+                            attempts=SyncAction.attempts + 1, last_error=outcome.detail))
+                continue
+            attempts = (tries.get(outcome.action_id) or 0) + 1
+            if outcome.status == "failed" and not gives_up(attempts, outcome.detail):
+                session.execute(
+                    update(SyncAction)
+                    .where(SyncAction.id == outcome.action_id, SyncAction.claimed_by == claimer)
+                    .values(claimed_by=None, claimed_until=None, attempts=attempts,
+                            not_before=now + retry_delay(attempts), last_error=outcome.detail))
+                continue
             status = ActionStatus.FAILED if outcome.status == "failed" else ActionStatus.DONE
             session.execute(
                 update(SyncAction)
@@ -302,13 +339,35 @@ def seed(url: str, mapping: str, intents: Iterable[Intent]) -> int:
         if state.seeded_at is not None:
             return 0
         written = enqueue_in(session, mapping, intents)
-        state.seeded_at = utcnow()
+        state.seeded_at = state.last_full_at = utcnow()  # the whole tree: a full compare
         return written
 
 
 def mark_full(url: str, mapping: str) -> None:
     with session_scope(url) as session:
         _state(session, mapping).last_full_at = utcnow()
+
+
+def request_catch_up(url: str, mapping: str) -> bool:
+    """A sensor (re)started: what changed while it was not watching (killed, rebooted) is
+    known to no event, so the next drain compares the folder with the remote.
+
+    The request is an unset `last_full_at` on a seeded mapping; the compare sets it again.
+    False for a mapping never synced: its first drain sends the whole tree anyway.
+    """
+    with session_scope(url) as session:
+        state = session.get(SyncState, mapping)
+        if state is None or state.seeded_at is None:
+            return False
+        state.last_full_at = None
+        return True
+
+
+def needs_compare(url: str, mapping: str) -> bool:
+    """Whether a seeded mapping waits for a compare with the remote (see request_catch_up)."""
+    with session_scope(url) as session:
+        state = session.get(SyncState, mapping)
+        return state is not None and state.seeded_at is not None and state.last_full_at is None
 
 
 def acquire_drain(url: str, mapping: str, owner: str, *, lease: timedelta) -> bool:

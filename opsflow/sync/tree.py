@@ -1,25 +1,27 @@
 """The local side of a mapping: which paths it syncs, the local tree, and its difference
 from a remote listing.
 
-Globs follow rsync's habit: a pattern without a slash matches a name at any depth (so
-`*.tmp` or `.git` work anywhere), a pattern with a slash matches the relative path from the
-top, `*` stays inside one name, `**` crosses folders. A path inside an excluded folder is
-excluded; an empty include list means everything.
+Globs are .gitignore's (pathspec's gitwildmatch): a pattern without a slash matches a name at
+any depth (so `*.tmp` or `.git` work anywhere), a pattern with a slash matches the relative
+path from the top, `*` stays inside one name, `**` crosses folders, `!` re-includes. A path
+inside an excluded folder is excluded; an empty include list means everything.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+import pathspec
+
 from opsflow.sync.coalesce import DELETE, SEND, Intent
-from opsflow.sync.local_paths import resolve_inside
-from opsflow.transports.base import TEMP_PREFIX, PathRefused, RemoteEntry
+from opsflow.transports.base import PathRefused, RemoteEntry
+from opsflow.transports.local_paths import resolve_inside
+from opsflow.transports.temp_names import is_temp_name
 
 log = logging.getLogger(__name__)
 
@@ -48,59 +50,25 @@ class MappingSettings:
         return self.filters.wants(rel)
 
 
+def _spec(patterns: Sequence[str]) -> pathspec.PathSpec:
+    """Patterns as a .gitignore holds them (pathspec's gitwildmatch, called "gitignore")."""
+    return pathspec.PathSpec.from_lines("gitignore", [p.strip() for p in patterns if p.strip()])
+
+
 @lru_cache(maxsize=512)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """The regex of one glob pattern (see the module docstring)."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif char == "*":
-            out.append("[^/]*")
-            i += 1
-        elif char == "?":
-            out.append("[^/]")
-            i += 1
-        elif char == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)
-            if end == -1:
-                out.append(re.escape(char))
-                i += 1
-            else:
-                body = pattern[i + 1:end]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = end + 1
-        else:
-            out.append(re.escape(char))
-            i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+def _one(pattern: str) -> pathspec.PathSpec:
+    return _spec([pattern])
 
 
 def glob_matches(pattern: str, rel: str) -> bool:
     """Whether `rel` (or a folder that holds it) matches `pattern`."""
-    pattern = pattern.strip()
-    if not pattern:
-        return False
-    if "/" not in pattern.rstrip("/"):
-        regex = glob_regex(pattern.rstrip("/"))
-        return any(regex.match(part) for part in rel.split("/"))
-    regex = glob_regex(pattern.strip("/"))
-    parts = rel.split("/")
-    return any(regex.match("/".join(parts[:n])) for n in range(1, len(parts) + 1))
+    return _one(pattern).match_file(rel)
 
 
 class PathFilter:
     def __init__(self, include: Sequence[str], exclude: Sequence[str]) -> None:
-        self.include = tuple(include)
-        self.exclude = tuple(exclude)
+        self.include = _spec(include) if any(p.strip() for p in include) else None
+        self.exclude = _spec(exclude)
 
     def wants(self, rel: str) -> bool:
         """Whether the mapping syncs the relative path `rel`."""
@@ -112,11 +80,11 @@ class PathFilter:
             # on S3; refusing them here keeps one odd name from blocking the queue.
             log.warning("not synced: %r is not a UTF-8 name", rel)
             return False
-        if name.startswith(TEMP_PREFIX):
-            return False  # a transport's temporary file (the folder may be someone's target)
-        if self.include and not any(glob_matches(p, rel) for p in self.include):
+        if is_temp_name(name):
+            return False  # a transport's upload in flight (the folder may be someone's target)
+        if self.include is not None and not self.include.match_file(rel):
             return False
-        return not any(glob_matches(p, rel) for p in self.exclude)
+        return not self.exclude.match_file(rel)
 
 
 def relative(root: Path, path: str | bytes) -> str | None:

@@ -13,6 +13,9 @@ sees half a file under the real name.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import posixpath
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,6 +48,7 @@ class Upload:
     path: str  # relative POSIX path under the remote base
     size: int | None = None
     mtime: float | None = None  # set on the remote copy when the target keeps mtimes
+    stamp: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) before the read
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,54 @@ class SendResult:
     ok: bool
     sha256: str | None = None  # of the bytes sent, hashed while they streamed
     error: str | None = None
+    changed: bool = False  # the local file changed while it was read: nothing published
+
+
+CHANGED_WHILE_READ = "the local file changed while it was read; sent again once it settles"
+
+
+def file_stamp(path: Path | str) -> tuple[int, int, int]:
+    """What tells a file rewritten in place: size, mtime in ns, inode (a replaced file)."""
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns, info.st_ino
+
+
+def changed_since_stamp(upload: Upload, bytes_read: int) -> bool:
+    """Whether the local file is no longer what its stamp saw (a read of it may be torn).
+
+    Checked after the read and before the publish: a file rewritten meanwhile is not
+    published half old, half new, or as the empty snapshot between truncate and write.
+    The count of bytes read is part of it: mtimes move in clock ticks of a few ms, so a
+    truncate and a rewrite within one tick restore the stamp while the read saw 0 bytes."""
+    if upload.stamp is None:
+        return False
+    try:
+        if bytes_read != upload.stamp[0] or file_stamp(upload.local) != upload.stamp:
+            return True
+    except OSError:
+        return True
+    # Nothing read from a file a writer holds open: the snapshot between its truncate and
+    # its write (a writer descheduled there keeps size and mtime still).
+    return bytes_read == 0 and being_written(upload.local)
+
+
+def being_written(path: Path | str) -> bool:
+    """Whether a process holds the file open for writing now (Linux: a read lease is
+    refused with EAGAIN then). False when it cannot tell (not our file, no lease support);
+    the lease is dropped at once, so a writer opening the file is never held up."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,12 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from opsflow.sync.local_paths import resolve_inside
 from opsflow.transports.base import (
-    TEMP_PREFIX,
+    CHANGED_WHILE_READ,
     MissingSource,
     PathRefused,
     RemoteEntry,
@@ -26,15 +24,13 @@ from opsflow.transports.base import (
     TransportError,
     TransportUnavailable,
     Upload,
+    changed_since_stamp,
     remote_join,
 )
+from opsflow.transports.local_paths import resolve_inside
+from opsflow.transports.temp_names import is_temp_name, temp_name
 
 CHUNK = 1024 * 1024
-
-
-def temp_name() -> str:
-    """A fresh temporary file name (short, so a 255-byte final name still fits beside it)."""
-    return TEMP_PREFIX + secrets.token_hex(8)
 
 
 def file_sha256(path: Path | str) -> str:
@@ -76,7 +72,7 @@ class LocalTransport:
         self._swept.add(folder)
         with contextlib.suppress(OSError), os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
@@ -87,6 +83,7 @@ class LocalTransport:
             return SendResult(upload, ok=False, error=str(exc))
         temp = target.parent / temp_name()
         digest = hashlib.sha256()
+        copied = 0
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._sweep(target.parent)
@@ -94,10 +91,14 @@ class LocalTransport:
                 while chunk := source.read(CHUNK):
                     digest.update(chunk)
                     sink.write(chunk)
+                    copied += len(chunk)
             if upload.mtime is not None:
                 os.utime(temp, (upload.mtime, upload.mtime))
             if target.is_dir() and not target.is_symlink():
                 raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(target))
+            if changed_since_stamp(upload, copied):
+                temp.unlink()
+                return SendResult(upload, ok=False, changed=True, error=CHANGED_WHILE_READ)
             os.replace(temp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -152,7 +153,7 @@ class LocalTransport:
             dirs.sort()
             rel_folder = os.path.relpath(folder, self.base)
             for name in sorted(files):
-                if name.startswith(TEMP_PREFIX):
+                if is_temp_name(name):
                     continue
                 full = os.path.join(folder, name)
                 try:
@@ -175,7 +176,7 @@ class LocalTransport:
         removed = 0
         for folder, _dirs, files in os.walk(self.base):
             for name in files:
-                if name.startswith(TEMP_PREFIX):
+                if is_temp_name(name):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(folder, name))
                         removed += 1

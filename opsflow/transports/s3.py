@@ -30,6 +30,7 @@ from botocore.exceptions import (
 from s3transfer.manager import TransferManager
 
 from opsflow.transports.base import (
+    CHANGED_WHILE_READ,
     MissingSource,
     PathRefused,
     RemoteEntry,
@@ -37,6 +38,7 @@ from opsflow.transports.base import (
     TransportError,
     TransportUnavailable,
     Upload,
+    changed_since_stamp,
     remote_join,
 )
 from opsflow.transports.local import file_sha256
@@ -58,6 +60,7 @@ class _HashingReader:
     def __init__(self, source: BinaryIO) -> None:
         self.source = source
         self.digest = hashlib.sha256()
+        self.count = 0
 
     def readable(self) -> bool:
         return True
@@ -68,6 +71,7 @@ class _HashingReader:
     def read(self, amount: int = -1) -> bytes:
         data = self.source.read(amount)
         self.digest.update(data)
+        self.count += len(data)
         return data
 
 
@@ -150,17 +154,17 @@ class S3Transport:
             return SendResult(upload, ok=False, error=f"refused: {exc}")
         try:
             # The metadata goes out before the first byte, so the hash is taken first; the
-            # bytes sent are hashed again as they stream, and a file that changed in between
-            # is not left behind under a sha256 it does not have.
+            # bytes sent are hashed again as they stream. A file that changed in between, or
+            # since its stamp (a torn read), is not left published under a sha256 it does not
+            # have: the object goes, and the send is requeued.
             digest = file_sha256(upload.local)
             with open(upload.local, "rb") as source:
                 sent = _HashingReader(source)
                 manager.upload(sent, self.bucket, key, extra_args={
                     "Metadata": self._metadata(upload, digest)}).result()
-            if sent.digest.hexdigest() != digest:
+            if sent.digest.hexdigest() != digest or changed_since_stamp(upload, sent.count):
                 self.client.delete_object(Bucket=self.bucket, Key=key)
-                return SendResult(upload, ok=False,
-                                  error=f"{upload.local} changed while it was sent")
+                return SendResult(upload, ok=False, changed=True, error=CHANGED_WHILE_READ)
         except UNREACHABLE as exc:
             raise TransportUnavailable(f"S3 endpoint unreachable: {exc}") from exc
         except OSError as exc:

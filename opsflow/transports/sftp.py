@@ -7,7 +7,7 @@ Speed comes from three things (see bench/initial_sync.py for the figures):
   renamed with one wait per stage instead of one per request;
 - several connections work on different windows at once.
 
-Each file is written to `TEMP_PREFIX + random` beside its destination and renamed into place
+Each file is written to `temp_name()` (prefix, nonce, tag) beside its destination and renamed into place
 with `posix-rename@openssh.com`, which replaces an existing file atomically.
 
 The server's host key must match a pinned key; an unknown or changed key is refused with the
@@ -36,7 +36,7 @@ import paramiko
 
 from opsflow.transports import sftp_wire as w
 from opsflow.transports.base import (
-    TEMP_PREFIX,
+    CHANGED_WHILE_READ,
     MissingSource,
     PathRefused,
     RemoteEntry,
@@ -44,9 +44,10 @@ from opsflow.transports.base import (
     TransportError,
     TransportUnavailable,
     Upload,
+    changed_since_stamp,
     remote_join,
 )
-from opsflow.transports.local import temp_name
+from opsflow.transports.temp_names import is_temp_name, temp_name
 
 WINDOW_FILES = 64  # files per pipelined window
 WINDOW_BYTES = 8 * 1024 * 1024  # a window closes once it holds this much
@@ -360,6 +361,8 @@ class _Pending:
     ids: list[int] = field(default_factory=list)
     sha256: str | None = None
     error: str | None = None
+    changed: bool = False
+    bytes_read: int = 0
 
 
 def windows(uploads: Sequence[Upload]) -> Iterator[list[Upload]]:
@@ -468,7 +471,7 @@ class SftpTransport:
         for folder in sorted(self.makedirs_remote(wire, *todo)):
             try:
                 leftovers = [posixpath.join(folder, name) for name, attrs in wire.listdir(folder)
-                             if name.startswith(TEMP_PREFIX) and not attrs.is_dir]
+                             if is_temp_name(name) and not attrs.is_dir]
             except w.Status:
                 continue  # not a folder (a file in the way): the uploads will say so
             w.wait_all(wire, [wire.request(w.REMOVE, w.pack_string(w.encode_path(f)))
@@ -582,6 +585,11 @@ class SftpTransport:
                 except w.Status as exc:
                     item.error = item.error or f"cannot write {item.upload.path!r}: {exc}"
         for item in pending:
+            if (item.handle and not item.error
+                    and changed_since_stamp(item.upload, item.bytes_read)):
+                # Rewritten while read: the temporary is removed below, never published.
+                item.error, item.changed = CHANGED_WHILE_READ, True
+        for item in pending:
             if item.handle and not item.error:
                 item.ids = [wire.rename_request(item.temp, item.remote)]
         for item in pending:
@@ -594,7 +602,7 @@ class SftpTransport:
                    for i in pending if i.handle and i.error]
         w.wait_all(wire, cleanup)
         return [SendResult(i.upload, ok=i.error is None, sha256=None if i.error else i.sha256,
-                           error=i.error) for i in pending]
+                           error=i.error, changed=i.changed) for i in pending]
 
     def _write_file(self, wire: w.Wire, item: _Pending) -> None:
         """Stream the local file into the open handle, hashing; then mtime and close."""
@@ -614,6 +622,7 @@ class SftpTransport:
             item.ids.append(wire.request(w.FSETSTAT, handle + w.pack_attrs(item.upload.mtime)))
         item.ids.append(wire.request(w.CLOSE, handle))
         item.sha256 = digest.hexdigest()
+        item.bytes_read = offset
 
     # --- the rest of the protocol --------------------------------------------------------
 
@@ -702,7 +711,7 @@ class SftpTransport:
                 return []
             found: list[RemoteEntry] = []
             for full, name, attrs in walk_remote(wire, top):
-                if not attrs.is_dir and not name.startswith(TEMP_PREFIX):
+                if not attrs.is_dir and not is_temp_name(name):
                     rel = full[len(strip):] if strip and full.startswith(strip) else full
                     found.append(RemoteEntry(rel, attrs.size or 0,
                                              None if attrs.mtime is None
@@ -743,7 +752,7 @@ class SftpTransport:
                     full = name if folder == "." else posixpath.join(folder, name)
                     if attrs.is_dir:
                         folders.append(full)
-                    elif name.startswith(TEMP_PREFIX):
+                    elif is_temp_name(name):
                         found.append(full)
             w.wait_all(wire, [wire.request(w.REMOVE, w.pack_string(w.encode_path(f)))
                               for f in found])

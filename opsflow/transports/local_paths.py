@@ -2,7 +2,8 @@
 
 A synced folder may hold symlinks; one that points outside the folder would let a sync read
 (and publish) files the mapping never named, so every local path is resolved and refused when
-it lands outside. The sensor, the sync flow and the local transport share this one check.
+it lands outside. The sensor, the sync drain and the local transport share this one check; it lives with
+the transports because they import nothing from the sync package above them.
 """
 
 from __future__ import annotations
