@@ -7,7 +7,6 @@ lost target and turns its report into artifacts.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -21,8 +20,8 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.sync_mapping import SyncMapping, mapping_names
 from flows.jobs import job_slot
-from flows.reporting import report_table, row
-from opsflow.settings import get_settings
+from flows.reporting import artifact_key, report_table, row
+from opsflow.store import store_url
 from opsflow.sync.drain import (
     TABLE_ROWS,
     DrainBusy,
@@ -51,13 +50,9 @@ prepare_sync = task(name="prepare_sync", **_retried)(prepare_target)
 apply_sync_batch = task(name="apply_sync_batch", **_retried)(apply_claimed)
 
 
-def _artifact_key(mapping: str) -> str:
-    return "sync-" + (re.sub(r"[^a-z0-9-]+", "-", mapping.lower()).strip("-") or "mapping")
-
-
 def _report_artifact(mapping: str, report: RunReport) -> None:
     more = f" (first {TABLE_ROWS} rows)" if report.truncated else ""
-    create_table_artifact(key=_artifact_key(mapping),
+    create_table_artifact(key=artifact_key(f"sync-{mapping}"),
                           table=report.rows or [{"action": "nothing to do"}],
                           description=f"Sync of {mapping}: {report.summary()}{more}")
 
@@ -73,13 +68,13 @@ def sync_folder(mapping: str, full: bool = False, linger: float = 3.0,
     """
     with job_slot():
         logger = get_run_logger()
-        url = database_url or get_settings().database_url
+        url = store_url(database_url)
         block = SyncMapping.load(mapping)
         settings = block.settings(mapping)
         if max_delete is not None:
             settings = replace(settings, max_delete=max_delete)
         report = RunReport()
-        progress = create_progress_artifact(0.0, key=f"{_artifact_key(mapping)}-progress",
+        progress = create_progress_artifact(0.0, key=artifact_key(f"sync-{mapping}-progress"),
                                             description=f"Sync of {mapping}")
         try:
             drain(url, settings, block.open_transport, full=full, linger=linger,
