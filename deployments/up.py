@@ -92,6 +92,24 @@ def exclusive_lock(path: Path, ui_url: str) -> Iterator[None]:
         handle.close()
 
 
+def refuse_if_running(path: Path, ui_url: str) -> None:
+    """Refuse early, before the port check, if another `opsflow up` holds the data folder's
+    lock (its port is then busy too, but "already running" is the message that helps)."""
+    try:
+        handle = open(path)  # noqa: SIM115 - closed below; never created here
+    except FileNotFoundError:
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, _, url = handle.read().strip().partition(" ")
+            raise UpError(
+                f"opsflow up is already running (pid {pid or '?'}); UI at {url or ui_url}"
+            ) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
@@ -426,13 +444,14 @@ def _run_up(open_browser: bool) -> int:
     external_api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
     api_url = external_api or settings.prefect_api_url
     ui_url = api_url.removesuffix("/api")
+    data = settings.data_dir.resolve()
+    refuse_if_running(data / LOCK_NAME, ui_url)
     if not external_api and port_in_use(settings.prefect_host, settings.prefect_port):
         raise UpError(
             f"port {settings.prefect_port} on {settings.prefect_host} is in use by "
             "another program; stop it, choose OPSFLOW_PREFECT_PORT, or set "
             "PREFECT_API_URL to use a Prefect server that is already running"
         )
-    data = settings.data_dir.resolve()
     made_data = not data.exists()
     lock = data / LOCK_NAME
     made_lock = not lock.exists()

@@ -377,3 +377,22 @@ def test_a_bad_stop_grace_is_refused_before_anything_is_made(tmp_path: Path) -> 
     assert done.stderr.strip().splitlines() == [
         "opsflow up: OPSFLOW_STOP_GRACE_SECONDS must be a number of seconds >= 0, got 'soon'"]
     assert not (tmp_path / "data").exists()
+
+
+def test_a_second_up_on_the_same_data_is_refused_before_the_port_check(tmp_path: Path) -> None:
+    from deployments.up import LOCK_NAME, exclusive_lock
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with __import__("socket").socket() as busy:  # the first one's server holds its port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with exclusive_lock(data / LOCK_NAME, f"http://127.0.0.1:{port}"):
+            done = subprocess.run([*OPSFLOW, "up"], cwd=PROJECT_DIR, env=up_env(data, port),
+                                  capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"opsflow up: opsflow up is already running (pid {os.getpid()}); "
+        f"UI at http://127.0.0.1:{port}"]
+    assert (data / LOCK_NAME).exists(), "the first one's lock file is left alone"
