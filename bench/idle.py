@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,12 +64,22 @@ def cpu_seconds(pid: int) -> float:
     return total / TICKS
 
 
-def runs_started(api: str, since: datetime) -> list[dict]:
-    body = json.dumps({"limit": 200, "flow_runs": {"start_time": {"after_": since.isoformat()}}})
-    request = urllib.request.Request(f"{api}/flow_runs/filter", data=body.encode(),
+def api(url: str, body: dict) -> list[dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)
+
+
+def runs_started(api_url: str, since: datetime) -> list[dict]:
+    """Flow runs started since `since`, each with its deployment's name (or the flow's)."""
+    names = {d["id"]: d["name"] for d in api(f"{api_url}/deployments/filter", {"limit": 200})}
+    runs = api(f"{api_url}/flow_runs/filter",
+               {"limit": 200, "flow_runs": {"start_time": {"after_": since.isoformat()}}})
+    for run in runs:
+        run["what"] = names.get(run["deployment_id"], "in-process " + run["name"])
+        run["what"] += " (scheduled)" if run["auto_scheduled"] else " (woken)"
+    return runs
 
 
 def measure_up(minutes: float) -> dict[str, object]:
@@ -101,7 +112,8 @@ def measure_up(minutes: float) -> dict[str, object]:
             os.killpg(up.pid, 2)
             up.wait(timeout=120)
     return {"cpu_s": cpu1 - cpu0, "wall_s": t1 - t0, "runs": len(runs),
-            "run_names": sorted({r["name"] for r in runs})}
+            "which": dict(Counter(r["what"] for r in runs).most_common()),
+            "window": f"{since:%H:%M:%S}-{datetime.now(UTC):%H:%M:%S} UTC"}
 
 
 def measure_loop(minutes: float) -> dict[str, object]:
@@ -148,7 +160,8 @@ def main() -> None:
     for name, figures in results.items():
         share = 100 * float(figures["cpu_s"]) / float(figures["wall_s"])  # type: ignore[arg-type]
         print(f"{name:12s} {figures['cpu_s']:7.1f} CPU s  {share:5.2f}% of one core  "
-              f"{figures['runs']} flow runs started {figures.get('run_names', '')}")
+              f"{figures['runs']} flow runs started {figures.get('which', '')} "
+              f"{figures.get('window', '')}")
     up_cpu, loop_cpu = results["opsflow up"]["cpu_s"], results["plain loop"]["cpu_s"]
     print(f"ratio opsflow up / plain loop: {float(up_cpu) / max(float(loop_cpu), 0.01):.1f}x")  # type: ignore[arg-type]
 
