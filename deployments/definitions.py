@@ -55,6 +55,9 @@ class Deployment:
     # is cancelled at once (CANCEL_NEW), never queued behind it. Off for deployments that
     # run with different parameters side by side (jobs, one sync run per mapping).
     single: bool = True
+    # Where in its interval the schedule fires, from ANCHOR: the safety nets are spread out
+    # so that they never start a crowd of flow-run processes at the same second.
+    offset: timedelta = timedelta(0)
 
     def __post_init__(self) -> None:
         path, _, function = self.entrypoint.partition(":")
@@ -80,7 +83,8 @@ class Deployment:
             return [{"cron": self.cron, "timezone": TIMEZONE, "active": True}]
         if self.interval:
             return [{"interval": int(self.interval.total_seconds()),
-                     "anchor_date": ANCHOR.isoformat(), "timezone": TIMEZONE, "active": True}]
+                     "anchor_date": (ANCHOR + self.offset).isoformat(), "timezone": TIMEZONE,
+                     "active": True}]
         return []
 
     def concurrency(self) -> dict[str, Any] | None:
@@ -128,6 +132,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/sync.py:sync_all_folders",
         description="Safety net: every mapping compared with its remote listing, repairing "
         "changes no event reported (sensor downtime, inotify overflow).",
+        offset=timedelta(seconds=750),
         interval=timedelta(minutes=15),
         tags=("sync",),
     ),
@@ -136,6 +141,7 @@ DEPLOYMENTS: list[Deployment] = [
         name="create-tips",
         entrypoint="flows/delivery.py:create_tips",
         description="One receiver tip per finalized submission and receiver.",
+        offset=timedelta(seconds=30),
         interval=SAFETY_NET,
         triggers=on_due_work("create-tips"),
         tags=("delivery",),
@@ -144,6 +150,7 @@ DEPLOYMENTS: list[Deployment] = [
         name="notify-receivers",
         entrypoint="flows/delivery.py:notify_receivers",
         description="Queue one mail per tip not yet notified, in the receiver's language.",
+        offset=timedelta(seconds=120),
         interval=SAFETY_NET,
         triggers=on_due_work("notify-receivers"),
         tags=("delivery",),
@@ -153,6 +160,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/delivery.py:send_mail",
         description="Drain the outgoing mail queue over one SMTP connection: digests, hourly "
         "limit, backoff, permanent rejections failed at once.",
+        offset=timedelta(seconds=210),
         interval=SAFETY_NET,
         triggers=on_due_work("send-mail"),
         parameters={"smtp_block": "opsflow-smtp"},
@@ -163,6 +171,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/delivery.py:deliver_files",
         description="Package each tip's files (OpenPGP when the receiver has a key), check "
         "them, and push them through the target block when one is given.",
+        offset=timedelta(seconds=300),
         interval=SAFETY_NET,
         triggers=on_due_work("deliver-files"),
         tags=("delivery",),
@@ -172,6 +181,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/delivery.py:deliver_notifications",
         description="Hand pending notification events to subscribers whose delivery window "
         "is open (e-mail, SMS gateway, in-app memo).",
+        offset=timedelta(seconds=390),
         interval=SAFETY_NET,
         triggers=on_due_work("deliver-notifications"),
         tags=("delivery",),
@@ -180,6 +190,7 @@ DEPLOYMENTS: list[Deployment] = [
         name="deliver-client-notifications",
         entrypoint="flows/delivery.py:deliver_client_notifications",
         description="Send queued client EML notifications over SMTP.",
+        offset=timedelta(seconds=480),
         interval=SAFETY_NET,
         triggers=on_due_work("deliver-client-notifications"),
         parameters={"smtp_block": "opsflow-smtp", "on_unreachable": "stop"},
@@ -190,6 +201,7 @@ DEPLOYMENTS: list[Deployment] = [
         name="generate-pm-workorders",
         entrypoint="flows/generator.py:generate_pm_workorders",
         description="Service work orders for preventive maintenance that comes due.",
+        offset=timedelta(seconds=570),
         interval=SAFETY_NET,
         triggers=on_due_work("generate-pm-workorders"),
         parameters={"batch_size": 500, "max_batches": 200},
@@ -234,6 +246,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/maintenance.py:sweep_notifications",
         description="Mail outbox sweep: sent mails out after 14 days, stuck mails requeued or "
         "undeliverable, OPS told once per distinct problem.",
+        offset=timedelta(minutes=25),
         interval=timedelta(hours=1),
         tags=("maintenance",),
     ),
@@ -251,6 +264,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/transfer.py:advance_transfers",
         description="Consumer tick: advance every experiment that is not final by one step "
         "(request, follow, check integrity, complete or fail).",
+        offset=timedelta(seconds=660),
         interval=SAFETY_NET,
         triggers=on_due_work("advance-transfers"),
         tags=("transfer",),
@@ -292,6 +306,7 @@ DEPLOYMENTS: list[Deployment] = [
         name="sweep-booklet-results",
         entrypoint="flows/booklet.py:sweep_booklet_results",
         description="Delete booklet results whose expiry has passed.",
+        offset=timedelta(minutes=40),
         interval=timedelta(hours=1),
         tags=("booklet", "maintenance"),
     ),
@@ -308,7 +323,8 @@ def runner_deployment(spec: Deployment) -> RunnerDeployment:
 
     schedule = (
         Cron(spec.cron, timezone=TIMEZONE) if spec.cron
-        else Interval(spec.interval, anchor_date=ANCHOR, timezone=TIMEZONE) if spec.interval
+        else Interval(spec.interval, anchor_date=ANCHOR + spec.offset, timezone=TIMEZONE)
+        if spec.interval
         else None
     )
     from prefect.client.schemas.objects import ConcurrencyLimitConfig

@@ -45,9 +45,10 @@ PR_SET_PDEATHSIG = 1
 # most of the wait of a file dropped after a quiet spell (event -> run -> runner picks it up);
 # a local server answers this query in a few milliseconds.
 RUNNER_POLL_SECONDS = 2.0
-# Flow runs the one process runs at once: every deployment may have one going, and a
-# lingering sync drain must not keep the others waiting (Prefect's default is 5).
-RUNNER_PROCESS_LIMIT = 20
+# Flow-run processes the one `opsflow up` runs at once. The sync drain runs in this process
+# and each deployment has at most one active run, so a few are enough; more only make a
+# 2-core machine and the server's SQLite wait on each other (20 wedged it under load).
+RUNNER_PROCESS_LIMIT = 6
 # Ctrl-C: how long in-flight runs may finish before they are cancelled (Cancelled, not
 # Crashed). Read from the environment here, not from the settings class (the CLI's).
 STOP_GRACE_ENV = "OPSFLOW_STOP_GRACE_SECONDS"

@@ -396,3 +396,29 @@ def test_a_second_up_on_the_same_data_is_refused_before_the_port_check(tmp_path:
         f"opsflow up: opsflow up is already running (pid {os.getpid()}); "
         f"UI at http://127.0.0.1:{port}"]
     assert (data / LOCK_NAME).exists(), "the first one's lock file is left alone"
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_no_grace_cancels_the_runs_in_flight_not_crashes_them(tmp_path: Path) -> None:
+    up = GroupUp(tmp_path / "data", free_port(), {"OPSFLOW_STOP_GRACE_SECONDS": "0"})
+    try:
+        up.wait_for("serving", START_TIMEOUT)
+        deployment = next(d for d in up.deployments() if d["name"] == "sweep-booklet-results")
+        run = api_post(up, f"/deployments/{deployment['id']}/create_flow_run", {}).json()
+        wait_until("the sweep run's process to start", lambda: flow_runs(
+            up, flow_runs={"id": {"any_": [run["id"]]}})[0]["state_type"] != "SCHEDULED",
+            every=0.1)
+        up.ctrl_c()
+        assert up.process.wait(timeout=WAIT) == 0, "".join(up.output)
+    finally:
+        up.stop()
+    db = sqlite3.connect(tmp_path / "data" / "prefect" / "prefect.db")
+    try:
+        (state,) = db.execute("SELECT state_type FROM flow_run WHERE id = ?",
+                              (run["id"],)).fetchone()
+        crashed = db.execute("SELECT count(*) FROM flow_run WHERE state_type = 'CRASHED'"
+                             ).fetchone()[0]
+    finally:
+        db.close()
+    assert state in ("CANCELLED", "COMPLETED"), state
+    assert crashed == 0
