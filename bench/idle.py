@@ -71,11 +71,15 @@ def api(url: str, body: dict) -> list[dict]:
         return json.load(response)
 
 
-def runs_started(api_url: str, since: datetime) -> list[dict]:
-    """Flow runs started since `since`, each with its deployment's name (or the flow's)."""
+def runs_started(api_url: str, since: datetime, until: datetime) -> list[dict]:
+    """Flow runs started in the window, each with its deployment's name (or the flow's).
+
+    The API's start-time filter reads a run not yet started by its expected start, so the
+    window is closed at both ends and runs still Scheduled are left out."""
     names = {d["id"]: d["name"] for d in api(f"{api_url}/deployments/filter", {"limit": 200})}
-    runs = api(f"{api_url}/flow_runs/filter",
-               {"limit": 200, "flow_runs": {"start_time": {"after_": since.isoformat()}}})
+    runs = api(f"{api_url}/flow_runs/filter", {"limit": 200, "flow_runs": {
+        "start_time": {"after_": since.isoformat(), "before_": until.isoformat()},
+        "state": {"type": {"not_any_": ["SCHEDULED"]}}}})
     for run in runs:
         run["what"] = names.get(run["deployment_id"], "in-process " + run["name"])
         run["what"] += " (scheduled)" if run["auto_scheduled"] else " (woken)"
@@ -106,14 +110,14 @@ def measure_up(minutes: float) -> dict[str, object]:
             time.sleep(SETTLE)
             since, cpu0, t0 = datetime.now(UTC), cpu_seconds(up.pid), time.monotonic()
             time.sleep(minutes * 60)
-            cpu1, t1 = cpu_seconds(up.pid), time.monotonic()
-            runs = runs_started(f"http://127.0.0.1:{port}/api", since)
+            cpu1, t1, until = cpu_seconds(up.pid), time.monotonic(), datetime.now(UTC)
+            runs = runs_started(f"http://127.0.0.1:{port}/api", since, until)
         finally:
             os.killpg(up.pid, 2)
             up.wait(timeout=120)
     return {"cpu_s": cpu1 - cpu0, "wall_s": t1 - t0, "runs": len(runs),
             "which": dict(Counter(r["what"] for r in runs).most_common()),
-            "window": f"{since:%H:%M:%S}-{datetime.now(UTC):%H:%M:%S} UTC"}
+            "window": f"{since:%H:%M:%S}-{until:%H:%M:%S} UTC"}
 
 
 def measure_loop(minutes: float) -> dict[str, object]:

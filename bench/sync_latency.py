@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: E402
 from watchdog.observers import Observer  # noqa: E402
 
+from deployments.up import SERVER_DATABASE_TIMEOUT  # noqa: E402
 from tests.support.servers import Sshd, free_port  # noqa: E402
 
 MAPPING = "bench-latency"
@@ -127,7 +128,10 @@ def measure_opsflow(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[st
                PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                OPSFLOW_DATA_DIR=str(work / "data"),
                OPSFLOW_PREFECT_PORT=str(free_port()),  # unused: the server is named above
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+               PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               # the settings `opsflow up` gives its own local server (deployments/up.py)
+               PREFECT_SERVER_DATABASE_TIMEOUT=SERVER_DATABASE_TIMEOUT,
+               PREFECT_SERVER_SERVICES_FOREMAN_ENABLED="false")
     if args.poll is not None:
         env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(args.poll)
     python = sys.executable
