@@ -11,8 +11,10 @@ target a loopback sshd), then starts `opsflow up` with PREFECT_API_URL naming th
 that the sensor finds the mapping when it starts. Arrival is the rename of the complete file
 into place on the server's folder, seen by an inotify watch in this process; each latency is
 arrival minus the moment `close()` returned. Before the 50 measured files one warm-up file
-shows what the first file after a quiet spell pays (event -> trigger -> the runner's poll ->
-flow run start-up); the measured files come while the drain lingers.
+shows what the very first file pays; the measured files come while the drain lingers. Then
+`--spells` quiet spells of `--quiet` seconds (default 10 x 60 s), each ended by one file: the
+first file after a quiet spell, which `opsflow up` drains in its own process (the folder
+sensor runs the sync flow in a thread, no process start); lsyncd gets the same spells.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: E402
 from watchdog.observers import Observer  # noqa: E402
 
+from deployments.up import SERVER_DATABASE_TIMEOUT  # noqa: E402
 from tests.support.servers import Sshd, free_port  # noqa: E402
 
 MAPPING = "bench-latency"
@@ -125,7 +128,10 @@ def measure_opsflow(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[st
                PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                OPSFLOW_DATA_DIR=str(work / "data"),
                OPSFLOW_PREFECT_PORT=str(free_port()),  # unused: the server is named above
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+               PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               # the settings `opsflow up` gives its own local server (deployments/up.py)
+               PREFECT_SERVER_DATABASE_TIMEOUT=SERVER_DATABASE_TIMEOUT,
+               PREFECT_SERVER_SERVICES_FOREMAN_ENABLED="false")
     if args.poll is not None:
         env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(args.poll)
     python = sys.executable
@@ -179,7 +185,8 @@ def measure_opsflow(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[st
             if (remote / name).read_bytes() != (outbox / name).read_bytes():
                 raise SystemExit(f"opsflow: {name} arrived with other content")
         del started
-        return {"cold": cold, "latencies": latencies}
+        spells = quiet_spells(outbox, arrivals, args, "opsflow")
+        return {"cold": cold, "latencies": latencies, "spells": spells}
     finally:
         observer.stop()
         for process in reversed(processes):  # `opsflow up` first, then its server
@@ -188,6 +195,24 @@ def measure_opsflow(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[st
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def quiet_spells(folder: Path, arrivals: Arrivals, args: argparse.Namespace,
+                 who: str) -> list[float]:
+    """The first file after each of `args.spells` quiet spells of `args.quiet` seconds: with
+    `opsflow up` the drain has ended by then, so each file starts one from nothing."""
+    latencies = []
+    for spell in range(args.spells):
+        time.sleep(args.quiet)
+        name = f"lat-quiet-{spell:03d}.txt"
+        closed = write_files(folder, [name], 0)
+        landed = arrivals.wait(name, 120)
+        if landed is None:
+            raise SystemExit(f"{who}: {name} never arrived")
+        latencies.append(landed - closed[name])
+        print(f"  {who} first file after {args.quiet:g} s quiet #{spell + 1}: "
+              f"{latencies[-1]:.2f} s", flush=True)
+    return latencies
 
 
 def measure_lsyncd(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[str, object] | None:
@@ -231,7 +256,7 @@ sync {{
             if landed is None:
                 raise SystemExit(f"lsyncd: {name} never arrived (see {work}/lsyncd.log)")
             latencies.append(landed - closed[name])
-        return {"latencies": latencies}
+        return {"latencies": latencies, "spells": quiet_spells(source, arrivals, args, "lsyncd")}
     finally:
         observer.stop()
         process.terminate()
@@ -246,6 +271,9 @@ def main() -> None:
     parser.add_argument("--poll", type=int, default=None,
                         help="PREFECT_RUNNER_POLL_FREQUENCY for `opsflow up` (s); default: "
                         "Prefect's own (10 s)")
+    parser.add_argument("--spells", type=int, default=10,
+                        help="quiet spells, each ended by one file (the first-file figure)")
+    parser.add_argument("--quiet", type=float, default=60.0, help="seconds of each quiet spell")
     parser.add_argument("--skip-lsyncd", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     parser.add_argument("--role", choices=["setup"], help=argparse.SUPPRESS)
@@ -285,6 +313,13 @@ def main() -> None:
     else:
         print(f"  anchor: lsyncd's default delay {LSYNCD_DELAY} s -> "
               f"{LSYNCD_DELAY / p50:.0f}x opsflow's p50")
+    for who, figures in (("opsflow", ours), ("lsyncd", peer)):
+        spells = (figures or {}).get("spells") or []
+        if spells:
+            print(f"  {who:8s} first file after {args.quiet:g} s quiet, {len(spells)} spells: "
+                  f"p50 {statistics.median(spells):.3f} s  p95 {percentile(spells, 0.95):.3f} s")
+            result[f"{who}_quiet_p50_s"] = round(statistics.median(spells), 3)
+            result[f"{who}_quiet_p95_s"] = round(percentile(spells, 0.95), 3)
     print(json.dumps(result))
     if args.keep:
         print(f"  work folder kept: {work}")

@@ -7,7 +7,8 @@ Adding a deployment is one entry in DEPLOYMENTS:
         name="generate-pm-workorders",
         entrypoint="flows/generator.py:generate_pm_workorders",
         description="Service work orders for preventive maintenance that comes due.",
-        interval=timedelta(minutes=5),
+        interval=SAFETY_NET,
+        triggers=on_due_work("generate-pm-workorders"),
     ),
 """
 
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sensors.work import trigger as work_trigger
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -26,6 +29,10 @@ if TYPE_CHECKING:
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 WORK_POOL = "opsflow-pool"
 TIMEZONE = "UTC"
+# Intervals count from a fixed instant, so that a safety net every 15 minutes fires at :00,
+# :15, :30 and :45, not once at every start of `opsflow up` (Prefect anchors an interval at
+# the moment the deployment is made unless told otherwise).
+ANCHOR = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,13 @@ class Deployment:
     triggers: tuple[dict[str, Any], ...] = ()
     parameters: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    # One active run at a time: a run that comes due while the last one is still running
+    # is cancelled at once (CANCEL_NEW), never queued behind it. Off for deployments that
+    # run with different parameters side by side (jobs, one sync run per mapping).
+    single: bool = True
+    # Where in its interval the schedule fires, from ANCHOR: the safety nets are spread out
+    # so that they never start a crowd of flow-run processes at the same second.
+    offset: timedelta = timedelta(0)
 
     def __post_init__(self) -> None:
         path, _, function = self.entrypoint.partition(":")
@@ -68,9 +82,21 @@ class Deployment:
         if self.cron:
             return [{"cron": self.cron, "timezone": TIMEZONE, "active": True}]
         if self.interval:
-            return [{"interval": int(self.interval.total_seconds()), "timezone": TIMEZONE,
+            return [{"interval": int(self.interval.total_seconds()),
+                     "anchor_date": (ANCHOR + self.offset).isoformat(), "timezone": TIMEZONE,
                      "active": True}]
         return []
+
+    def concurrency(self) -> dict[str, Any] | None:
+        """The deployment concurrency limit as `prefect.yaml` writes it."""
+        return {"limit": 1, "collision_strategy": "CANCEL_NEW"} if self.single else None
+
+
+SAFETY_NET = timedelta(minutes=15)  # record-driven flows: their work wakes them (sensors.work)
+
+
+def on_due_work(deployment: str) -> tuple[dict[str, Any], ...]:
+    return (work_trigger(deployment),)
 
 
 SYNC_TRIGGER: dict[str, Any] = {
@@ -98,6 +124,7 @@ DEPLOYMENTS: list[Deployment] = [
         "folder sensor's event, lingers while changes keep coming.",
         triggers=(SYNC_TRIGGER,),
         parameters={"mapping": "demo-outbox"},
+        single=False,
         tags=("sync",),
     ),
     Deployment(
@@ -105,6 +132,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/sync.py:sync_all_folders",
         description="Safety net: every mapping compared with its remote listing, repairing "
         "changes no event reported (sensor downtime, inotify overflow).",
+        offset=timedelta(seconds=750),
         interval=timedelta(minutes=15),
         tags=("sync",),
     ),
@@ -113,14 +141,18 @@ DEPLOYMENTS: list[Deployment] = [
         name="create-tips",
         entrypoint="flows/delivery.py:create_tips",
         description="One receiver tip per finalized submission and receiver.",
-        interval=timedelta(minutes=1),
+        offset=timedelta(seconds=30),
+        interval=SAFETY_NET,
+        triggers=on_due_work("create-tips"),
         tags=("delivery",),
     ),
     Deployment(
         name="notify-receivers",
         entrypoint="flows/delivery.py:notify_receivers",
         description="Queue one mail per tip not yet notified, in the receiver's language.",
-        interval=timedelta(minutes=1),
+        offset=timedelta(seconds=120),
+        interval=SAFETY_NET,
+        triggers=on_due_work("notify-receivers"),
         tags=("delivery",),
     ),
     Deployment(
@@ -128,7 +160,9 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/delivery.py:send_mail",
         description="Drain the outgoing mail queue over one SMTP connection: digests, hourly "
         "limit, backoff, permanent rejections failed at once.",
-        interval=timedelta(seconds=30),
+        offset=timedelta(seconds=210),
+        interval=SAFETY_NET,
+        triggers=on_due_work("send-mail"),
         parameters={"smtp_block": "opsflow-smtp"},
         tags=("delivery",),
     ),
@@ -137,7 +171,9 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/delivery.py:deliver_files",
         description="Package each tip's files (OpenPGP when the receiver has a key), check "
         "them, and push them through the target block when one is given.",
-        interval=timedelta(minutes=5),
+        offset=timedelta(seconds=300),
+        interval=SAFETY_NET,
+        triggers=on_due_work("deliver-files"),
         tags=("delivery",),
     ),
     Deployment(
@@ -145,14 +181,18 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/delivery.py:deliver_notifications",
         description="Hand pending notification events to subscribers whose delivery window "
         "is open (e-mail, SMS gateway, in-app memo).",
-        interval=timedelta(minutes=5),
+        offset=timedelta(seconds=390),
+        interval=SAFETY_NET,
+        triggers=on_due_work("deliver-notifications"),
         tags=("delivery",),
     ),
     Deployment(
         name="deliver-client-notifications",
         entrypoint="flows/delivery.py:deliver_client_notifications",
         description="Send queued client EML notifications over SMTP.",
-        interval=timedelta(minutes=5),
+        offset=timedelta(seconds=480),
+        interval=SAFETY_NET,
+        triggers=on_due_work("deliver-client-notifications"),
         parameters={"smtp_block": "opsflow-smtp", "on_unreachable": "stop"},
         tags=("delivery",),
     ),
@@ -161,7 +201,9 @@ DEPLOYMENTS: list[Deployment] = [
         name="generate-pm-workorders",
         entrypoint="flows/generator.py:generate_pm_workorders",
         description="Service work orders for preventive maintenance that comes due.",
-        interval=timedelta(minutes=5),
+        offset=timedelta(seconds=570),
+        interval=SAFETY_NET,
+        triggers=on_due_work("generate-pm-workorders"),
         parameters={"batch_size": 500, "max_batches": 200},
         tags=("generator",),
     ),
@@ -204,7 +246,8 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/maintenance.py:sweep_notifications",
         description="Mail outbox sweep: sent mails out after 14 days, stuck mails requeued or "
         "undeliverable, OPS told once per distinct problem.",
-        interval=timedelta(minutes=10),
+        offset=timedelta(minutes=25),
+        interval=timedelta(hours=1),
         tags=("maintenance",),
     ),
     Deployment(
@@ -221,7 +264,9 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/transfer.py:advance_transfers",
         description="Consumer tick: advance every experiment that is not final by one step "
         "(request, follow, check integrity, complete or fail).",
-        interval=timedelta(seconds=30),
+        offset=timedelta(seconds=660),
+        interval=SAFETY_NET,
+        triggers=on_due_work("advance-transfers"),
         tags=("transfer",),
     ),
     Deployment(
@@ -230,6 +275,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/transfer.py:transfer_experiment_files_flow",
         description="Provider: copy an experiment's datafiles to a site's storage, skipping "
         "files already there with the same sha256, verifying each file written.",
+        single=False,
         tags=("transfer",),
     ),
     Deployment(
@@ -237,12 +283,14 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/transfer.py:broadcast_experiment",
         description="Register an experiment (EPN) at every site that should receive it and "
         "notify their admins.",
+        single=False,
         tags=("transfer",),
     ),
     Deployment(
         name="restart-transfer",
         entrypoint="flows/transfer.py:restart_transfer",
         description="Send a failed experiment back to Ingested with its original destination.",
+        single=False,
         tags=("transfer",),
     ),
     # --- abstract booklet (seed 004) ---------------------------------------------------------
@@ -251,12 +299,14 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/booklet.py:build_abstract_booklet",
         description="Indico event export (JSON) in, ODT abstract booklet out, kept in the "
         "results area until it expires.",
+        single=False,
         tags=("booklet",),
     ),
     Deployment(
         name="sweep-booklet-results",
         entrypoint="flows/booklet.py:sweep_booklet_results",
         description="Delete booklet results whose expiry has passed.",
+        offset=timedelta(minutes=40),
         interval=timedelta(hours=1),
         tags=("booklet", "maintenance"),
     ),
@@ -273,10 +323,15 @@ def runner_deployment(spec: Deployment) -> RunnerDeployment:
 
     schedule = (
         Cron(spec.cron, timezone=TIMEZONE) if spec.cron
-        else Interval(spec.interval, timezone=TIMEZONE) if spec.interval
+        else Interval(spec.interval, anchor_date=ANCHOR + spec.offset, timezone=TIMEZONE)
+        if spec.interval
         else None
     )
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    limit = spec.concurrency()
     return spec.load_flow().to_deployment(
+        concurrency_limit=ConcurrencyLimitConfig(**limit) if limit else None,
         name=spec.name,
         schedule=schedule,
         triggers=triggers or None,
@@ -311,6 +366,7 @@ def prefect_yaml() -> dict[str, Any]:
                 "work_pool": {"name": WORK_POOL, "work_queue_name": None, "job_variables": {}},
                 "schedules": spec.schedules(),
                 "triggers": [dict(t) for t in spec.triggers],
+                **({"concurrency_limit": spec.concurrency()} if spec.single else {}),
             }
             for spec in DEPLOYMENTS
         ],

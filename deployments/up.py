@@ -19,19 +19,23 @@ import importlib
 import inspect
 import os
 import pkgutil
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.error import URLError
 from urllib.request import urlopen
 
-from opsflow.settings import get_settings
+from opsflow.settings import SettingsError, get_settings
 
 LOCK_NAME = "opsflow-up.lock"
 SERVER_START_TIMEOUT = 180.0  # seconds; about 15 s on a quiet 2-core machine
@@ -41,9 +45,17 @@ PR_SET_PDEATHSIG = 1
 # most of the wait of a file dropped after a quiet spell (event -> run -> runner picks it up);
 # a local server answers this query in a few milliseconds.
 RUNNER_POLL_SECONDS = 2.0
-# Flow runs the one process runs at once: every deployment may have one going, and a
-# lingering sync drain must not keep the others waiting (Prefect's default is 5).
-RUNNER_PROCESS_LIMIT = 20
+# Flow-run processes the one `opsflow up` runs at once. The sync drain runs in this process
+# and each deployment has at most one active run, so a few are enough; more only make a
+# 2-core machine and the server's SQLite wait on each other (20 wedged it under load).
+RUNNER_PROCESS_LIMIT = 6
+# Ctrl-C: how long in-flight runs may finish before they are cancelled (Cancelled, not
+# Crashed). Read from the environment here, not from the settings class (the CLI's).
+STOP_GRACE_ENV = "OPSFLOW_STOP_GRACE_SECONDS"
+STOP_GRACE_DEFAULT = 30.0
+# The local server's SQLite: wait this long for a lock before "database is locked" (Prefect's
+# default statement timeout is 10 s, shorter than a busy machine's write bursts).
+SERVER_DATABASE_TIMEOUT = "60"
 
 
 class UpError(RuntimeError):
@@ -81,6 +93,24 @@ def exclusive_lock(path: Path, ui_url: str) -> Iterator[None]:
         handle.close()
 
 
+def refuse_if_running(path: Path, ui_url: str) -> None:
+    """Refuse early, before the port check, if another `opsflow up` holds the data folder's
+    lock (its port is then busy too, but "already running" is the message that helps)."""
+    try:
+        handle = open(path)  # noqa: SIM115 - closed below; never created here
+    except FileNotFoundError:
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, _, url = handle.read().strip().partition(" ")
+            raise UpError(
+                f"opsflow up is already running (pid {pid or '?'}); UI at {url or ui_url}"
+            ) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
@@ -105,6 +135,12 @@ def start_server(host: str, port: int, home: Path) -> subprocess.Popen[bytes]:
     env["PREFECT_SERVER_API_HOST"] = host
     env["PREFECT_SERVER_API_PORT"] = str(port)
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", SERVER_DATABASE_TIMEOUT)
+    # Fewer writes: the foreman only watches worker heartbeats, and `opsflow up` has no worker.
+    env.setdefault("PREFECT_SERVER_SERVICES_FOREMAN_ENABLED", "false")
+    # A request refused for a busy database (503, retried by the clients) is written to
+    # server.log, so that an overload shows where an operator looks.
+    env.setdefault("PREFECT_API_LOG_RETRYABLE_ERRORS", "true")
     log = open(home / "server.log", "ab")  # noqa: SIM115 - the child keeps its own copy
     try:
         return subprocess.Popen(
@@ -131,6 +167,34 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def skip_late_runs(database: Path, now: datetime | None = None) -> int:
+    """Delete, in one statement, the runs that came due while nothing could run them.
+
+    After an overload or a long stop, thousands of scheduled and triggered runs lie in the
+    past; the server would mark them Late one by one while the runner and the UI wait. They
+    are safety-net ticks and wake-ups of deployments whose next run does the same work, so
+    they are dropped before the server opens the database. Runs somebody created by hand or
+    as a job (neither auto-scheduled nor made by an automation) are kept. Returns how many
+    were dropped."""
+    if not database.exists():
+        return 0
+    cutoff = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with closing(sqlite3.connect(database, timeout=60)) as db:
+        db.execute("PRAGMA foreign_keys = ON")  # their states and leases go with them
+        try:
+            with db:
+                return db.execute(
+                    "DELETE FROM flow_run WHERE state_type = 'SCHEDULED'"
+                    " AND deployment_id IS NOT NULL AND next_scheduled_start_time < ?"
+                    " AND (auto_scheduled = 1 OR created_by LIKE '%AUTOMATION%')",
+                    (cutoff,),
+                ).rowcount
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0  # a server database not migrated yet: nothing to skip
+            raise
 
 
 def log_tail(path: Path, lines: int = 5) -> str:
@@ -213,8 +277,10 @@ def register_blocks() -> tuple[int, int]:
     return types, created
 
 
-def start_sensors() -> Callable[[], None] | None:
-    """The folder sensors, if `sensors.folder` offers `start_sensors()`; returns the stopper."""
+def start_sensors(emit: Callable[[str, int], None] | None) -> Callable[[], None] | None:
+    """The folder sensors, if `sensors.folder` offers `start_sensors()`; returns the stopper.
+
+    `emit` is how a sensor wakes a drain (None: the module's default, a Prefect event)."""
     try:
         folder = importlib.import_module("sensors.folder")
     except ModuleNotFoundError:
@@ -222,18 +288,83 @@ def start_sensors() -> Callable[[], None] | None:
     starter = getattr(folder, "start_sensors", None)
     if not callable(starter):
         return None
-    stopper = starter()
+    stopper = starter() if emit is None else starter(emit=emit)
     if stopper is None or callable(stopper):
         return stopper
     return stopper.stop  # an object with a stop() method
 
 
+def in_process_drain() -> Any:
+    """The folder sensors' in-process drain (no process start per first file), if offered."""
+    try:
+        folder = importlib.import_module("sensors.folder")
+    except ModuleNotFoundError:
+        return None
+    drain = getattr(folder, "InProcessDrain", None)
+    return drain() if drain is not None else None
+
+
+def stop_grace_seconds() -> float:
+    """OPSFLOW_STOP_GRACE_SECONDS (default 30): how long Ctrl-C lets running runs finish."""
+    raw = os.environ.get(STOP_GRACE_ENV, "").strip()
+    if not raw:
+        return STOP_GRACE_DEFAULT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise UpError(f"{STOP_GRACE_ENV} must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+class StopSignals:
+    """Ctrl-C reaches the whole foreground process group: `opsflow up` *and* the flow-run
+    processes it started, which then die mid-run (Crashed, "status code -2"). So SIGINT is
+    blocked in this process before any thread or child exists (children inherit the mask
+    and ignore the terminal's Ctrl-C), and one thread takes it with `sigwait` and asks for
+    an orderly stop; the runs end by their own means or by cancellation."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._on_request: Callable[[], None] = _thread_interrupt_main
+        self._previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        threading.Thread(target=self._wait, daemon=True, name="opsflow-up-signals").start()
+
+    def _wait(self) -> None:
+        while True:
+            signal.sigwait({signal.SIGINT})
+            self.requested.set()
+            self._on_request()
+
+    def on_request(self, callback: Callable[[], None]) -> None:
+        """What a SIGINT does from now on (during start-up: KeyboardInterrupt in main)."""
+        self._on_request = callback
+        if self.requested.is_set():
+            callback()
+
+    def restore(self) -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._previous_mask)
+
+
+def _thread_interrupt_main() -> None:
+    import _thread
+
+    _thread.interrupt_main()
+
+
 # --- serving ----------------------------------------------------------------------------------
 
-async def serve_until_stopped(deployments: list[Any], on_ready: Callable[[], None]) -> None:
-    """Serve the deployments from one Runner until SIGINT or SIGTERM, then stop it cleanly.
+async def serve_until_stopped(deployments: list[Any], on_ready: Callable[[], None],
+                              signals: StopSignals, before_stop: Callable[[], None],
+                              wait_drains: Callable[[float], bool], grace: float) -> None:
+    """Serve the deployments from one Runner until SIGINT or SIGTERM, then stop in order:
+    take no new runs (the runner stops polling, the sensors stop waking), let the runs in
+    flight finish for `grace` seconds, then cancel what is left (Cancelled, not Crashed).
 
-    Runner.start() installs a SIGTERM handler that calls sys.exit; ours replace it, so that
+    Runner.start() installs a SIGTERM handler that calls sys.exit; ours replaces it, so that
     both signals take the same orderly way out."""
     import asyncio
 
@@ -247,8 +378,8 @@ async def serve_until_stopped(deployments: list[Any], on_ready: Callable[[], Non
     serving = asyncio.create_task(runner.start())
     await asyncio.sleep(0)  # runner.start() has run up to its first await: its handler is set
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    signals.on_request(lambda: loop.call_soon_threadsafe(stop.set))
     on_ready()
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -256,69 +387,129 @@ async def serve_until_stopped(deployments: list[Any], on_ready: Callable[[], Non
         stopping.cancel()
         serving.result()  # the runner ended on its own: show why
         raise UpError("the runner stopped unexpectedly")
-    say("stopping ...")
+    say("stopping: no new runs; waiting up to "
+        f"{grace:.0f} s for the runs in flight ({STOP_GRACE_ENV})")
+    runner.stopping = True  # its poller takes no further scheduled runs
+    poller = getattr(runner, "_scheduled_run_poller", None)
+    if poller is not None:
+        poller.stopping = True
+    await asyncio.to_thread(before_stop)
+    deadline = time.monotonic() + grace
+    while _runs_in_flight(runner) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    await asyncio.to_thread(wait_drains, max(0.0, deadline - time.monotonic()))
+    left = _runs_in_flight(runner)
+    if left:
+        say(f"cancelling {left} run(s) still going after {grace:.0f} s")
     if runner.started:
-        await runner.astop()
+        await runner.astop()  # cancels what is left: Cancelled, with the runner's message
     try:
         await asyncio.wait_for(serving, timeout=30)
     except (asyncio.CancelledError, TimeoutError):
         pass
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM during start-up: unwind like Ctrl-C, cleaning up
+def _runs_in_flight(runner: Any) -> int:
+    manager = getattr(runner, "_process_manager", None)
+    if manager is None:
+        return 0
+    return len(manager.flow_run_ids())
 
 
 def run_up(open_browser: bool = False) -> int:
-    """The `opsflow up` command. Returns the exit status; errors are one line on stderr."""
+    """The `opsflow up` command. Returns the exit status; why it stopped is one line on stderr."""
     try:
         return _run_up(open_browser)
     except UpError as exc:
-        print(f"opsflow: {exc}", file=sys.stderr, flush=True)
+        print(f"opsflow up: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         say("stopped")
         return 0
+    except SettingsError:
+        raise  # the CLI's one line and exit 2
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for whatever broke
+        detail = " ".join(str(exc).split())[:300] or "no detail"
+        print(f"opsflow up: stopped by {type(exc).__name__}: {detail} (see data/prefect/"
+              "server.log)", file=sys.stderr, flush=True)
+        return 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM during start-up: unwind like Ctrl-C, cleaning up
 
 
 def _run_up(open_browser: bool) -> int:
     settings = get_settings()  # validated before anything is created
-    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    grace = stop_grace_seconds()
     external_api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
     api_url = external_api or settings.prefect_api_url
     ui_url = api_url.removesuffix("/api")
     data = settings.data_dir.resolve()
+    refuse_if_running(data / LOCK_NAME, ui_url)
+    if not external_api and port_in_use(settings.prefect_host, settings.prefect_port):
+        raise UpError(
+            f"port {settings.prefect_port} on {settings.prefect_host} is in use by "
+            "another program; stop it, choose OPSFLOW_PREFECT_PORT, or set "
+            "PREFECT_API_URL to use a Prefect server that is already running"
+        )
+    made_data = not data.exists()
+    lock = data / LOCK_NAME
+    made_lock = not lock.exists()
     data.mkdir(parents=True, exist_ok=True)
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    signals = StopSignals()
     server: subprocess.Popen[bytes] | None = None
     try:
-        with exclusive_lock(data / LOCK_NAME, ui_url):
-            from opsflow.store import upgrade
+        with exclusive_lock(lock, ui_url):
+            try:
+                from opsflow.store import upgrade
 
-            upgrade(settings.database_url)
-            home = data / "prefect"
-            if not external_api:
-                if port_in_use(settings.prefect_host, settings.prefect_port):
-                    raise UpError(
-                        f"port {settings.prefect_port} on {settings.prefect_host} is in use by "
-                        "another program; stop it, choose OPSFLOW_PREFECT_PORT, or set "
-                        "PREFECT_API_URL to use a Prefect server that is already running"
-                    )
-                say(f"starting the Prefect server on {ui_url} (data in {home})")
-                server = start_server(settings.prefect_host, settings.prefect_port, home)
-                os.environ["PREFECT_HOME"] = str(home)
-            os.environ["PREFECT_API_URL"] = api_url  # also for the flow-run subprocesses
-            wait_until_healthy(
-                api_url, SERVER_START_TIMEOUT, server, home / "server.log" if server else None
-            )
-            return _serve(api_url, ui_url, server is not None, open_browser)
+                upgrade(settings.database_url)
+                home = data / "prefect"
+                if not external_api:
+                    skipped = skip_late_runs(home / "prefect.db")
+                    if skipped:
+                        say(f"{skipped} runs that came due while nothing ran them were skipped")
+                    say(f"starting the Prefect server on {ui_url} (data in {home})")
+                    server = start_server(settings.prefect_host, settings.prefect_port, home)
+                    os.environ["PREFECT_HOME"] = str(home)
+                os.environ["PREFECT_API_URL"] = api_url  # also for the flow-run subprocesses
+                wait_until_healthy(
+                    api_url, SERVER_START_TIMEOUT, server,
+                    home / "server.log" if server else None
+                )
+            except BaseException:
+                if server is not None:
+                    stop_server(server)
+                    server = None
+                if made_data:  # nothing of value was there: leave no trace of a failed start
+                    shutil.rmtree(data, ignore_errors=True)
+                elif made_lock:
+                    lock.unlink(missing_ok=True)
+                raise
+            return _serve(api_url, ui_url, server is not None, open_browser, signals, grace,
+                          settings.database_url)
     finally:
         signal.signal(signal.SIGTERM, _interrupt)  # a second signal while stopping: same way
         if server is not None:
             stop_server(server)
         signal.signal(signal.SIGTERM, previous_sigterm)
+        signals.on_request(lambda: None)
+        signals.restore()
 
 
-def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool) -> int:
+def start_work_sensor(database_url: str) -> Callable[[], None] | None:
+    """The work sensor (`sensors.work`): due work wakes its deployment through an event."""
+    try:
+        work = importlib.import_module("sensors.work")
+    except ModuleNotFoundError:
+        return None
+    return work.WorkSensor(database_url).start().stop
+
+
+def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool, signals: StopSignals,
+           grace: float, database_url: str) -> int:
     import asyncio
 
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
@@ -335,8 +526,21 @@ def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool) -> int:
 
         say(f"job limit: {ensure_job_limits()} slots (an exclusive job takes them all)")
         deployments = [runner_deployment(spec) for spec in DEPLOYMENTS]
-        stop_sensors = start_sensors()
-        say("folder sensors started" if stop_sensors else "no folder sensors (sensors.folder not there)")
+        drain = in_process_drain()
+        stop_sensors = start_sensors(drain)
+        say("folder sensors started, draining in this process" if stop_sensors and drain
+            else "folder sensors started" if stop_sensors
+            else "no folder sensors (sensors.folder not there)")
+        stop_work = start_work_sensor(database_url)
+        stoppers = [stop for stop in (stop_sensors, stop_work) if stop is not None]
+
+        def before_stop() -> None:
+            while stoppers:
+                stoppers.pop()()
+
+        def wait_drains(timeout: float) -> bool:
+            return drain.join(timeout) if drain is not None else True
+
         try:
 
             def ready() -> None:
@@ -346,9 +550,9 @@ def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool) -> int:
 
                     webbrowser.open(ui_url)
 
-            asyncio.run(serve_until_stopped(deployments, ready))
+            asyncio.run(serve_until_stopped(deployments, ready, signals, before_stop,
+                                            wait_drains, grace))
         finally:
-            if stop_sensors is not None:
-                stop_sensors()
+            before_stop()
     say("stopped")
     return 0

@@ -77,6 +77,53 @@ def emit_prefect_event(mapping: str, count: int) -> None:
                payload={"queued": count})
 
 
+class InProcessDrain:
+    """Wakes a drain without a process start: `flows.sync.sync_folder` in a thread here.
+
+    `opsflow up` passes this as the sensors' `emit`: the first file after a quiet spell then
+    waits for no flow-run process (seconds of start-up), only for the flow call itself. Every
+    drain is still a flow run with its table artifact, tagged with this process id. One
+    thread per mapping at a time; the `sync-folder` deployment's event trigger stays for
+    sensors that run apart from `opsflow up` (several machines)."""
+
+    in_process = True
+
+    def __init__(self) -> None:
+        import flows.sync  # noqa: F401 - imported once now, not on the first file
+
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, mapping: str, count: int) -> None:
+        with self._lock:
+            running = self._threads.get(mapping)
+            if running is not None and running.is_alive():
+                return  # the drain that runs polls the queue itself
+            thread = threading.Thread(target=self._drain, args=(mapping,), daemon=True,
+                                      name=f"sync-drain-{mapping}")
+            self._threads[mapping] = thread
+            thread.start()
+
+    @staticmethod
+    def _drain(mapping: str) -> None:
+        from prefect import tags
+
+        from flows.sync import sync_folder
+
+        try:
+            with tags(f"pid:{os.getpid()}"):
+                sync_folder(mapping=mapping, full=False)
+        except Exception:  # noqa: BLE001 - the run shows it Failed; the next wake retries
+            log.warning("in-process drain of %r failed", mapping, exc_info=True)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for running drains; True if none is left."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads.values())
+
+
 def intents_for(event: FileSystemEvent, settings: MappingSettings) -> list[Intent]:
     """What one watchdog event asks of the target (nothing for most folder events)."""
     root = settings.local_root
@@ -238,7 +285,9 @@ class FolderSensor(FileSystemEventHandler):
             if queue.drain_alive(self.url, self.settings.name):
                 self._drain_seen = True  # the live drain polls the queue itself
                 return
-            if not (force or self._drain_seen or now - self._last_emit >= REWAKE_AFTER):
+            in_process = getattr(self.emit, "in_process", False)  # it knows its own drain
+            if not (force or in_process or self._drain_seen
+                    or now - self._last_emit >= REWAKE_AFTER):
                 return  # woken recently; the run is still starting
             self.emit(self.settings.name, count)
             self._last_emit, self._drain_seen = now, False

@@ -14,7 +14,7 @@ from email.policy import SMTP as SMTP_POLICY
 from email.utils import getaddresses
 from typing import Literal
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch, release
@@ -44,6 +44,11 @@ def envelope(eml: bytes, default_from: str) -> tuple[str, list[str], bytes]:
         del message["Bcc"]
         eml = message.as_bytes()
     return (senders[0] if senders else default_from), recipients, eml
+
+
+def due_count(session: Session, now: datetime | None = None) -> int:
+    """How many client notifications wait to be sent (the work sensor's cheap question)."""
+    return session.scalar(select(func.count()).select_from(ClientNotification)) or 0
 
 
 def deliver_batch(session: Session, sender: MailSender, *, claimer: str,

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
@@ -54,6 +54,11 @@ def format_item(event: NotifyEvent, sub: NotifySubscription) -> tuple[str, str]:
         text = short if len(short) <= limit else short[: limit - 1] + "…"
         subject = ""
     return subject, text
+
+
+def due_count(session: Session, now: datetime | None = None) -> int:
+    """How many events wait for delivery (some may wait for a subscriber's window)."""
+    return session.scalar(select(func.count()).select_from(NotifyEvent)) or 0
 
 
 def deliver_batch(session: Session, *, claimer: str, limit: int = 500,

@@ -14,7 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, String, and_, case, cast, exists, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    String,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
@@ -44,6 +56,27 @@ class BatchResult:
     created: int
 
 
+def tips_due() -> ColumnElement[bool]:
+    """Finalized submissions that have no tips yet: what `create_tips` claims."""
+    return and_(Submission.mark == SubmissionMark.FINALIZED, Submission.tips_created_at.is_(None))
+
+
+def mails_due() -> ColumnElement[bool]:
+    """Tips whose receiver has no mail queued yet: what `queue_tip_mails` claims."""
+    return and_(ReceiverTip.notification == Notification.NOT_NOTIFIED,
+                ReceiverTip.mail_key.is_(None))
+
+
+def tips_due_count(session: Session, now: datetime | None = None) -> int:
+    """How many submissions wait for their tips (the work sensor's cheap question)."""
+    return session.scalar(select(func.count()).select_from(Submission).where(tips_due())) or 0
+
+
+def mails_due_count(session: Session, now: datetime | None = None) -> int:
+    """How many tips wait for their receiver's mail to be queued."""
+    return session.scalar(select(func.count()).select_from(ReceiverTip).where(mails_due())) or 0
+
+
 def create_tips(session: Session, *, claimer: str, limit: int = 500,
                 now: datetime | None = None) -> BatchResult:
     """Give each claimed finalized submission one tip per chosen receiver.
@@ -53,10 +86,8 @@ def create_tips(session: Session, *, claimer: str, limit: int = 500,
     batch simply runs again.
     """
     now = now or utcnow()
-    submissions = claim_batch(
-        session, Submission,
-        and_(Submission.mark == SubmissionMark.FINALIZED, Submission.tips_created_at.is_(None)),
-        claimer=claimer, limit=limit, lease=LEASE, now=now)
+    submissions = claim_batch(session, Submission, tips_due(), claimer=claimer, limit=limit,
+                              lease=LEASE, now=now)
     if not submissions:
         return BatchResult(0, 0)
     ids = [s.id for s in submissions]
@@ -142,11 +173,8 @@ def queue_tip_mails(session: Session, *, claimer: str, limit: int = 500,
     go out as one. A receiver with an OpenPGP key gets the mail encrypted to it, or none.
     """
     now = now or utcnow()
-    tips = claim_batch(
-        session, ReceiverTip,
-        and_(ReceiverTip.notification == Notification.NOT_NOTIFIED,
-             ReceiverTip.mail_key.is_(None)),
-        claimer=claimer, limit=limit, lease=LEASE, now=now)
+    tips = claim_batch(session, ReceiverTip, mails_due(), claimer=claimer, limit=limit,
+                       lease=LEASE, now=now)
     if not tips:
         return BatchResult(0, 0)
     ids = [t.id for t in tips]
