@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from opsflow.delivery import outbox, seed  # noqa: E402
+from opsflow.delivery import seed  # noqa: E402
+from opsflow.mail import outbox  # noqa: E402
 from opsflow.store import session_scope  # noqa: E402
 from tests.support.servers import SmtpServer, free_port  # noqa: E402
 

@@ -266,14 +266,17 @@ def register_blocks() -> tuple[int, int]:
         with get_client(sync_client=True) as client:
             for name, block in default_blocks().items():
                 try:
-                    client.read_block_document_by_name(
+                    existing = client.read_block_document_by_name(
                         name, block_type_slug=block.get_block_type_slug()
                     )
-                    continue  # there already: keep what the user made of it
                 except ObjectNotFound:
-                    pass
-                block.save(name)
-                created += 1
+                    block.save(name)
+                    created += 1
+                    continue
+                # There already: keep what the user made of it, and let a demo block saved
+                # after it (the mapping after its target) refer to the saved one by name.
+                block._block_document_id = existing.id
+                block._block_document_name = name
     return types, created
 
 

@@ -25,7 +25,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from opsflow.delivery import client, notify, outbox, packages, tips
+from opsflow.delivery import client, notify, packages, tips
+from opsflow.mail import outbox
 from opsflow.store import session_scope, utcnow
 from opsflow.transfer import states
 from opsflow.workorders import generate

@@ -191,3 +191,18 @@ def test_a_flow_run_page_shows_its_artifacts(up: Up, browser, artifacts: Path) -
     # The artifact's card: its description, or its table's columns.
     wait_for(browser, ["Flow runs deleted by retention", "runs deleted"],
              artifacts / "flow-run-artifacts.png", any_of=True)
+
+
+def test_the_demo_mappings_block_page_shows_its_target(up: Up, browser, artifacts: Path) -> None:  # type: ignore[no-untyped-def]
+    """The SyncMapping's target is a union of block types: the UI shows it only when it is a
+    saved block of its own (the demo's `demo-remote`), and "None" for a nested anonymous one."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: up.api}), \
+            get_client(sync_client=True) as client:
+        mapping = client.read_block_document_by_name("demo-outbox", "opsflow-sync-mapping")
+    text = open_until(browser, f"http://127.0.0.1:{up.port}/blocks/block/{mapping.id}",
+                      ["demo-outbox", "Target"], artifacts / "demo-outbox-block.png")
+    lines = [line.strip() for line in text.splitlines()]
+    assert lines[lines.index("Target") + 1] == "demo-remote", text[:2000]
