@@ -80,7 +80,7 @@ def main() -> None:
     upgrade(url)
     root = Path(__file__).resolve().parent.parent
     sensor = subprocess.Popen(
-        [sys.executable, "-m", "sensors.folder", "--local-folder", str(watched),
+        [sys.executable, "-m", "deployments.cli", "sensors", "run", "--local-folder", str(watched),
          "--name", "bench-memory", "--no-events", "--database-url", url],
         cwd=root, stdout=subprocess.PIPE, stderr=open(work / "sensor.err", "wb"), text=True)
     assert sensor.stdout is not None

@@ -22,11 +22,11 @@ from typer._click import exceptions as click
 from deployments.cli_deployments import deployments_app
 from deployments.cli_jobs import jobs_app
 from deployments.cli_mail import mail_app
+from deployments.cli_sensors import sensors_app
 from deployments.cli_support import CommandError, check_store, first_line
 from deployments.cli_sync import sync_app
 from deployments.cli_transfer import transfer_app
 from opsflow.settings import SettingsError, get_settings
-from sensors.folder import sensors_app
 
 app = typer.Typer(
     name="opsflow",

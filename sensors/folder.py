@@ -21,16 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
 
-import typer
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -373,43 +370,10 @@ def start_sensors(names: Sequence[str] | None = None, *, database_url: str | Non
     return stop
 
 
-sensors_app = typer.Typer(
-    help="The folder sensors: watch each SyncMapping's folder and queue its changes.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-@sensors_app.command("run")
-def run(
-    mapping: Annotated[list[str] | None, typer.Option(
-        help="a SyncMapping block (repeatable); default: every saved one")] = None,
-    local_folder: Annotated[Path | None, typer.Option(
-        help="watch this folder without a block (with --name)")] = None,
-    name: Annotated[str | None, typer.Option(help="mapping name for --local-folder")] = None,
-    settle: Annotated[float, typer.Option(min=0, help="settle seconds")] = 2.0,
-    exclude: Annotated[list[str] | None, typer.Option(help="a pattern not to sync")] = None,
-    database_url: Annotated[str | None, typer.Option(
-        help="record store (default: OPSFLOW settings)")] = None,
-    no_events: Annotated[bool, typer.Option("--no-events",
-                                            help="do not emit Prefect events")] = False,
-) -> None:
-    """Run the folder sensors in the foreground until Ctrl-C or SIGTERM."""
-    from contextlib import nullcontext
-
-    # The command line's checks, shared by every `opsflow` command (imported here only:
-    # the sensor itself needs none of it).
-    from deployments.cli_support import check_store, prefect_server
-
-    if local_folder and not name:
-        raise typer.BadParameter("--local-folder needs --name", param_hint="--local-folder")
-    url = check_store(database_url)  # never creates the store, and it must be migrated
-    # Blocks and events need the Prefect server of `opsflow up`, never a temporary one.
-    with nullcontext() if local_folder and no_events else prefect_server():
-        _run_sensors(mapping, local_folder, name or "", settle, exclude or [], url,
-                     None if no_events else emit_prefect_event)
-
-
-def _run_sensors(mapping: list[str] | None, local_folder: Path | None, name: str, settle: float,
-                 exclude: list[str], url: str, emit: Callable[[str, int], None] | None) -> None:
+def run_sensors(mapping: list[str] | None, local_folder: Path | None, name: str, settle: float,
+                exclude: list[str], url: str, emit: Callable[[str, int], None] | None) -> None:
+    """Watch the mappings (or one folder without a block) in the foreground until SIGINT or
+    SIGTERM: what `opsflow sensors run` starts on a machine that only watches."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sensor: FolderSensor | None = None
     if local_folder:
@@ -428,14 +392,3 @@ def _run_sensors(mapping: list[str] | None, local_folder: Path | None, name: str
     if sensor is not None:
         print(f"sensor stopped: {sensor.events_seen} events, {sensor.intents_flushed} intents "
               "written", flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m sensors.folder ARGS`: `opsflow sensors run ARGS`, with its one-line errors."""
-    from deployments.cli import main as opsflow
-
-    return opsflow(["sensors", "run", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

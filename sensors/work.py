@@ -156,23 +156,16 @@ class WorkSensor:
             self._thread.join(timeout=30)
 
 
-def main() -> int:
-    """`python -m sensors.work`: the work sensor alone, for several machines (one is enough;
-    the runs it wakes go to the work pool's workers)."""
+def run_work_sensor(database_url: str) -> None:
+    """The work sensor alone in the foreground until SIGINT or SIGTERM, for several machines
+    (one is enough: the runs it wakes go to the work pool's workers)."""
     import signal
 
-    from opsflow.settings import get_settings
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    sensor = WorkSensor(get_settings().database_url).start()
+    sensor = WorkSensor(database_url).start()
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
     print("work sensor ready", flush=True)
     done.wait()
     sensor.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -26,6 +26,7 @@ STORE_COMMANDS = [
     ["transfer", "catalogue", "7", "/tmp", "--owner", "a@b.example"],
     ["transfer", "site", "x", "--block", "opsflow-sftp-server/x"],
     ["sensors", "run", "--local-folder", "/tmp", "--name", "x", "--no-events"],
+    ["sensors", "work"],
 ]
 JOB_COMMANDS = [
     ["jobs", "status"],
@@ -159,7 +160,7 @@ def test_a_bad_argument_is_one_line_exit_2(
 
 def test_the_sensor_runs_from_the_command_line_and_stops_on_sigterm(
         sqlite_url: str, tmp_path: Path) -> None:
-    """`python -m sensors.folder` (what the memory benchmark starts) is `opsflow sensors run`."""
+    """`opsflow sensors run` (what the memory benchmark starts) runs until SIGTERM."""
     import os
     import select
     import signal
@@ -171,7 +172,7 @@ def test_the_sensor_runs_from_the_command_line_and_stops_on_sigterm(
     watched = tmp_path / "watched"
     watched.mkdir()
     sensor = subprocess.Popen(
-        [sys.executable, "-m", "sensors.folder", "--local-folder", str(watched), "--name", "t",
+        [sys.executable, "-m", "deployments.cli", "sensors", "run", "--local-folder", str(watched), "--name", "t",
          "--no-events", "--database-url", sqlite_url],
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)})

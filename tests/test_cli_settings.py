@@ -28,6 +28,7 @@ COMMANDS = [
     ["deployments", "list"],
     ["deployments", "yaml"],
     ["sensors", "run", "--local-folder", "/tmp", "--name", "x", "--no-events"],
+    ["sensors", "work"],
 ]
 
 BAD = [
