@@ -49,10 +49,6 @@ RUNNER_POLL_SECONDS = 2.0
 # and each deployment has at most one active run, so a few are enough; more only make a
 # 2-core machine and the server's SQLite wait on each other (20 wedged it under load).
 RUNNER_PROCESS_LIMIT = 6
-# Ctrl-C: how long in-flight runs may finish before they are cancelled (Cancelled, not
-# Crashed). Read from the environment here, not from the settings class (the CLI's).
-STOP_GRACE_ENV = "OPSFLOW_STOP_GRACE_SECONDS"
-STOP_GRACE_DEFAULT = 30.0
 # The local server's SQLite: wait this long for a lock before "database is locked" (Prefect's
 # default statement timeout is 10 s, shorter than a busy machine's write bursts).
 SERVER_DATABASE_TIMEOUT = "60"
@@ -309,16 +305,7 @@ def in_process_drain() -> Any:
 
 def stop_grace_seconds() -> float:
     """OPSFLOW_STOP_GRACE_SECONDS (default 30): how long Ctrl-C lets running runs finish."""
-    raw = os.environ.get(STOP_GRACE_ENV, "").strip()
-    if not raw:
-        return STOP_GRACE_DEFAULT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise UpError(f"{STOP_GRACE_ENV} must be a number of seconds >= 0, got {raw!r}")
-    return value
+    return get_settings().stop_grace_seconds
 
 
 # --- signals ----------------------------------------------------------------------------------
@@ -391,7 +378,7 @@ async def serve_until_stopped(deployments: list[Any], on_ready: Callable[[], Non
         serving.result()  # the runner ended on its own: show why
         raise UpError("the runner stopped unexpectedly")
     say("stopping: no new runs; waiting up to "
-        f"{grace:.0f} s for the runs in flight ({STOP_GRACE_ENV})")
+        f"{grace:.0f} s for the runs in flight (OPSFLOW_STOP_GRACE_SECONDS)")
     runner.stopping = True  # its poller takes no further scheduled runs
     poller = getattr(runner, "_scheduled_run_poller", None)
     if poller is not None:

@@ -81,6 +81,9 @@ class OpsflowSettings(BaseSettings):
     # --- the local Prefect server of `opsflow up` ---------------------------------------------
     prefect_host: str = Field(default="127.0.0.1", description="Host of the local Prefect server.")
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the local server.")
+    stop_grace_seconds: float = Field(
+        default=30, ge=0, le=3600,
+        description="Ctrl-C: how long runs in flight may finish before they are cancelled.")
     # --- jobs ----------------------------------------------------------------------------------
     job_slots: int = Field(
         default=10, ge=1, le=1000,
