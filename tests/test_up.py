@@ -145,6 +145,8 @@ def test_up_serves_every_deployment_refuses_a_second_and_stops_cleanly(
         "flows": {"name": {"any_": ["sync-folder"]}}}).json()
     assert runs and all(r["parameters"].get("mapping") == "demo-outbox" for r in runs)
 
+    run_readme_snippets(up)
+
     # The schedules are there: the server's scheduler has made the coming safety-net runs.
     scheduled_ids = [served[spec.name]["id"] for spec in DEPLOYMENTS if spec.interval]
     deadline = time.monotonic() + 300
@@ -177,6 +179,36 @@ def test_up_serves_every_deployment_refuses_a_second_and_stops_cleanly(
     assert not [pid for pid in children if alive(pid)]
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", up.port)) != 0, "the port is free again"
+
+
+def readme_block(after: str, language: str) -> str:
+    """The first ```language block of README.md after the line that starts with `after`."""
+    text = (PROJECT_DIR / "README.md").read_text()
+    start = text.index(after)
+    opening = text.index(f"```{language}\n", start) + len(f"```{language}\n")
+    return text[opening:text.index("```", opening)]
+
+
+def run_readme_snippets(up: Up) -> None:
+    """"Running a flow" as the README writes it, against this `opsflow up` (its port for 4200,
+    this virtualenv's bin for .venv/bin)."""
+    bin_dir = str(Path(sys.executable).parent)
+    shell = readme_block("From the command line", "sh").replace("4200", str(up.port)) \
+        .replace(".venv/bin", bin_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    done = subprocess.run(["bash", "-euc", shell], cwd=PROJECT_DIR, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "sweep-flow-runs" in done.stdout and "sync-folder" in done.stdout, done.stdout[-2000:]
+    python = readme_block("From Python", "python").replace("4200", str(up.port))
+    done = subprocess.run([sys.executable, "-c", python], cwd=PROJECT_DIR, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_id, state = done.stdout.split()
+    runs = httpx.post(f"{up.api}/flow_runs/filter", timeout=30, json={
+        "flow_runs": {"id": {"any_": [run_id]}}}).json()
+    assert [r["parameters"] for r in runs] == [{"mapping": "demo-outbox"}], runs
+    assert state in {"Scheduled", "Pending", "Running", "Completed"}
 
 
 def test_bad_settings_give_one_line_and_create_nothing(tmp_path: Path) -> None:
