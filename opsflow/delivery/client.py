@@ -21,13 +21,14 @@ from opsflow.claim import claim_batch, release
 from opsflow.delivery.records import ClientNotification, ClientNotificationLog
 from opsflow.mail.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.store import utcnow
+from opsflow.tally import Tally
 
 OnUnreachable = Literal["stop", "drop"]
 LEASE = timedelta(minutes=10)
 
 
 @dataclass
-class ClientReport:
+class ClientReport(Tally):
     claimed: int = 0
     sent: int = 0
     dropped: int = 0

@@ -29,13 +29,14 @@ from opsflow.delivery.texts import event_label
 from opsflow.delivery.windows import BadTimeZone, Window, is_open
 from opsflow.mail.outbox import enqueue
 from opsflow.store import utcnow
+from opsflow.tally import Tally
 
 LEASE = timedelta(minutes=10)
 SMS_LENGTH = 160
 
 
 @dataclass
-class NotifyReport:
+class NotifyReport(Tally):
     events: int = 0
     delivered: int = 0
     waiting: int = 0  # (event, subscriber) pairs outside their window

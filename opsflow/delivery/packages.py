@@ -28,6 +28,7 @@ from opsflow.delivery import openpgp
 from opsflow.delivery.records import Delivery, Receiver, ReceiverTip, SubmissionFile
 from opsflow.mail.backoff import capped_backoff
 from opsflow.store import utcnow
+from opsflow.tally import Tally
 from opsflow.transports.base import Transport, TransportError, Upload
 from opsflow.transports.local import file_sha256
 
@@ -51,7 +52,7 @@ class DeliveryPolicy:
 
 
 @dataclass
-class DeliveryReport:
+class DeliveryReport(Tally):
     claimed: int = 0
     available: int = 0
     performed: int = 0
@@ -59,11 +60,6 @@ class DeliveryReport:
     retried: int = 0
     unable: int = 0
     errors: list[str] = field(default_factory=list)
-
-    def add(self, other: DeliveryReport) -> None:
-        for name in ("claimed", "available", "performed", "no_data", "retried", "unable"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
 
 
 def entry_name(record: SubmissionFile) -> str:

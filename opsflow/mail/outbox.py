@@ -40,6 +40,7 @@ from opsflow.mail.addresses import InvalidAddress, mailbox
 from opsflow.mail.backoff import capped_backoff, with_jitter
 from opsflow.mail.smtp import MailRefused, MailSender, SmtpUnavailable
 from opsflow.store import utcnow
+from opsflow.tally import Tally
 
 MAILS = OutgoingMail.__table__
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class MailPolicy:
 
 
 @dataclass
-class SendReport:
+class SendReport(Tally):
     claimed: int = 0
     sent: int = 0  # messages the server accepted (a digest is one)
     digested: int = 0  # mails that went out inside a digest
@@ -79,12 +80,6 @@ class SendReport:
     deferred: int = 0  # held back by the hourly limit
     server_down: bool = False  # the server could not be reached: the run should stop
     errors: list[str] = field(default_factory=list)
-
-    def add(self, other: SendReport) -> None:
-        for name in ("claimed", "sent", "digested", "retried", "failed", "deferred"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.server_down = self.server_down or other.server_down
-        self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
 
 
 def message_id(key: str, domain: str) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from opsflow.delivery.records import ReceiverTip, Submission, SubmissionFile
 from opsflow.maintenance.records import DeletionAudit
 from opsflow.store import utcnow
+from opsflow.tally import Tally
 
 CHUNK = 1 << 20
 AUDIT = DeletionAudit.__table__
@@ -66,7 +67,7 @@ def delete_audited(session: Session, table, where, kind: str, reason: str,  # ty
 
 
 @dataclass
-class Erased:
+class Erased(Tally):
     """What one batch of submissions took with it."""
 
     submissions: int = 0
@@ -76,12 +77,6 @@ class Erased:
     files_already_gone: int = 0
     kept: list[int] = field(default_factory=list)  # submissions left for a file not removed
     errors: list[str] = field(default_factory=list)
-
-    def add(self, other: Erased) -> None:
-        for name in ("submissions", "tips", "files", "files_overwritten", "files_already_gone"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.kept.extend(other.kept)
-        self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
 
 
 def stored_paths(session: Session, submission_ids: Sequence[int]) -> dict[int, list[str]]:

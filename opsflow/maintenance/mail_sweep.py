@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from opsflow.delivery.records import MailStatus, Notification, OutgoingMail, ReceiverTip
 from opsflow.maintenance.erase import delete_audited
 from opsflow.maintenance.ops_alerts import ALERT_KEY_PREFIX, Problem, error_class
+from opsflow.tally import Tally
 
 MAILS = OutgoingMail.__table__
 TIPS = ReceiverTip.__table__
@@ -49,18 +50,13 @@ class StuckPolicy:
 
 
 @dataclass
-class StuckReport:
+class StuckReport(Tally):
     found: int = 0
     requeued: int = 0
     undeliverable: int = 0
     # Sender hosts whose leases ran out, for the alert (host, not pid: a restart is the same).
     lost_by: Counter[str] = field(default_factory=Counter)
 
-    def add(self, other: StuckReport) -> None:
-        self.found += other.found
-        self.requeued += other.requeued
-        self.undeliverable += other.undeliverable
-        self.lost_by.update(other.lost_by)
 
 
 def _free(now: datetime) -> ColumnElement[bool]:

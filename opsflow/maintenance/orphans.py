@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from opsflow.delivery.records import SubmissionFile
 from opsflow.maintenance.erase import Erased, delete_audited, shred
 from opsflow.store import Base
+from opsflow.tally import Tally
 
 ORPHAN = "orphan"
 FILE_STORED = "stored"
@@ -73,17 +74,13 @@ def orphan_values(session: Session, ref: Reference, limit: int) -> list[object]:
 
 
 @dataclass
-class OrphanOutcome:
+class OrphanOutcome(Tally):
     found: int = 0
     deleted: int = 0
     unlinked: int = 0  # references set to NULL
     kept: int = 0  # no ON DELETE: left for a person
     failed: int = 0  # to be deleted, but a stored file of theirs would not go
     erased: Erased | None = None
-
-    def add(self, other: OrphanOutcome) -> None:
-        for name in ("found", "deleted", "unlinked", "kept", "failed"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 def clear_orphans(session: Session, ref: Reference, *, limit: int) -> OrphanOutcome:

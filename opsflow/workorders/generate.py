@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from opsflow.claim import claim_batch
 from opsflow.dialect import insert_for
 from opsflow.store import utcnow
+from opsflow.tally import Tally
 from opsflow.workorders.dates import RepeatRule, ScheduleError
 from opsflow.workorders.records import (
     Customer,
@@ -43,7 +44,7 @@ def due(now: datetime) -> ColumnElement[bool]:
 
 
 @dataclass
-class BatchOutcome:
+class BatchOutcome(Tally):
     claimed: int = 0
     generated: int = 0
     duplicates: int = 0  # occurrences another run had already made
@@ -51,13 +52,6 @@ class BatchOutcome:
     failed: int = 0  # PMs whose repeat rule is broken (marked with last_error)
     workorder_ids: list[int] = field(default_factory=list)
 
-    def add(self, other: BatchOutcome) -> None:
-        self.claimed += other.claimed
-        self.generated += other.generated
-        self.duplicates += other.duplicates
-        self.finished += other.finished
-        self.failed += other.failed
-        self.workorder_ids.extend(other.workorder_ids)
 
     def as_dict(self) -> dict[str, int]:
         return {"claimed": self.claimed, "generated": self.generated,
