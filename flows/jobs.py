@@ -164,7 +164,9 @@ def who() -> str:
 
 
 def read_lock() -> LockState:
-    return LockState.from_value(Variable.get(API_LOCK_VARIABLE, default=None))
+    # `_sync=True`: called from an async flow's worker thread too (sweep-flow-runs), where
+    # Prefect would otherwise hand back a coroutine, which reads as "locked".
+    return LockState.from_value(Variable.get(API_LOCK_VARIABLE, default=None, _sync=True))
 
 
 def lock_api(reason: str = "", by: str | None = None) -> LockState:

@@ -262,6 +262,9 @@ def test_sweep_flow_runs_started_around_the_lock_is_refused(prefect_harness: Non
     with get_client(sync_client=True) as client:
         client.create_deployment(flow_id=client.create_flow(sweep_flow_runs), name=name)
     try:
+        unlocked = run_deployment(f"sweep-flow-runs/{name}", timeout=0)
+        assert execute(unlocked.id, sweep_flow_runs) == "Completed", \
+            read_run(unlocked.id).state.message
         lock_api(reason="restoring a backup", by="ops@test")
         refused = run_deployment(f"sweep-flow-runs/{name}", timeout=0)
         assert execute(refused.id, sweep_flow_runs) == "Failed"
