@@ -234,7 +234,8 @@ def test_a_port_taken_by_another_program_is_a_clear_error(tmp_path: Path) -> Non
         )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"port {port}" in lines[0] and "in use" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("opsflow up: "), done.stderr
+    assert f"port {port}" in lines[0] and "in use" in lines[0]
     assert not (tmp_path / "data").exists(), "no server was started, no data folder made"
 
 
