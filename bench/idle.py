@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.running_up import running_up  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -89,32 +90,12 @@ def runs_started(api_url: str, since: datetime, until: datetime) -> list[dict]:
 def measure_up(minutes: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="opsflow-idle-") as tmp:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OPSFLOW_"))}
-        env.update(OPSFLOW_DATA_DIR=f"{tmp}/data", OPSFLOW_PREFECT_PORT=str(port),
-                   PYTHONPATH=str(PROJECT))
-        up = subprocess.Popen([sys.executable, "-m", "deployments.cli", "up"], cwd=PROJECT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-        ready = threading.Event()
-
-        def read() -> None:
-            assert up.stdout is not None
-            for line in up.stdout:
-                if "serving" in line:
-                    ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        try:
-            if not ready.wait(600):
-                raise SystemExit("opsflow up did not start within 10 minutes")
+        with running_up(Path(tmp) / "data", port, stop_timeout=120) as up:
             time.sleep(SETTLE)
             since, cpu0, t0 = datetime.now(UTC), cpu_seconds(up.pid), time.monotonic()
             time.sleep(minutes * 60)
             cpu1, t1, until = cpu_seconds(up.pid), time.monotonic(), datetime.now(UTC)
             runs = runs_started(f"http://127.0.0.1:{port}/api", since, until)
-        finally:
-            os.killpg(up.pid, 2)
-            up.wait(timeout=120)
     return {"cpu_s": cpu1 - cpu0, "wall_s": t1 - t0, "runs": len(runs),
             "which": dict(Counter(r["what"] for r in runs).most_common()),
             "window": f"{since:%H:%M:%S}-{until:%H:%M:%S} UTC"}

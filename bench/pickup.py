@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.running_up import running_up  # noqa: E402
 from opsflow.delivery import seed  # noqa: E402
 from opsflow.mail import outbox  # noqa: E402
 from opsflow.store import session_scope  # noqa: E402
@@ -75,53 +76,41 @@ def main() -> None:
     smtp.start()
     with tempfile.TemporaryDirectory(prefix="opsflow-pickup-") as tmp:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OPSFLOW_"))}
-        env.update(OPSFLOW_DATA_DIR=f"{tmp}/data", OPSFLOW_PREFECT_PORT=str(port),
-                   PYTHONPATH=str(PROJECT))
-        up = subprocess.Popen([sys.executable, "-m", "deployments.cli", "up"], cwd=PROJECT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
         try:
-            assert up.stdout is not None
-            for line in up.stdout:
-                if "serving" in line:
-                    break
-            threading.Thread(target=lambda: [None for _ in up.stdout],  # type: ignore[union-attr]
-                             daemon=True).start()
-            subprocess.run(
-                [sys.executable, "-c", "import sys; from blocks.smtp import SmtpServer; "
-                 "SmtpServer(host='127.0.0.1', port=int(sys.argv[1]))"
-                 ".save('opsflow-smtp', overwrite=True)", str(smtp.port)],
-                cwd=PROJECT, env={**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
-                check=True, timeout=300)
-            url = f"sqlite:///{tmp}/data/opsflow.db"
-            time.sleep(20)  # the start-up runs settle
-            results: dict[str, list[float]] = {"finalized submission": [], "queued mail": []}
-            missed: dict[str, int] = {name: 0 for name in results}
-            for i in range(args.items):
-                for kind in results:
-                    address = f"{kind.split()[1]}-{i}@pickup.example"
-                    with session_scope(url) as session:
-                        if kind == "finalized submission":
-                            (receiver,) = seed.add_receivers(session, 1, domain="x.example")
-                            session.flush()
-                            from opsflow.delivery.records import Receiver
+            with running_up(Path(tmp) / "data", port):
+                subprocess.run(
+                    [sys.executable, "-c", "import sys; from blocks.smtp import SmtpServer; "
+                     "SmtpServer(host='127.0.0.1', port=int(sys.argv[1]))"
+                     ".save('opsflow-smtp', overwrite=True)", str(smtp.port)],
+                    cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT),
+                                      "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
+                    check=True, timeout=300)
+                url = f"sqlite:///{tmp}/data/opsflow.db"
+                time.sleep(20)  # the start-up runs settle
+                results: dict[str, list[float]] = {"finalized submission": [], "queued mail": []}
+                missed: dict[str, int] = {name: 0 for name in results}
+                for i in range(args.items):
+                    for kind in results:
+                        address = f"{kind.split()[1]}-{i}@pickup.example"
+                        with session_scope(url) as session:
+                            if kind == "finalized submission":
+                                (receiver,) = seed.add_receivers(session, 1, domain="x.example")
+                                session.flush()
+                                from opsflow.delivery.records import Receiver
 
-                            session.get(Receiver, receiver).address = address  # type: ignore[union-attr]
-                            seed.add_submissions(session, 1, [receiver])
+                                session.get(Receiver, receiver).address = address  # type: ignore[union-attr]
+                                seed.add_submissions(session, 1, [receiver])
+                            else:
+                                outbox.enqueue(session, [{"key": f"bench:{i}", "recipient": address,
+                                                          "subject": "pickup", "body": "x"}])
+                        written = time.time()
+                        arrived = wait_arrival(arrivals, address, 120)
+                        if arrived is None:
+                            missed[kind] += 1
                         else:
-                            outbox.enqueue(session, [{"key": f"bench:{i}", "recipient": address,
-                                                      "subject": "pickup", "body": "x"}])
-                    written = time.time()
-                    arrived = wait_arrival(arrivals, address, 120)
-                    if arrived is None:
-                        missed[kind] += 1
-                    else:
-                        results[kind].append(arrived - written)
-                    time.sleep(args.gap)
+                            results[kind].append(arrived - written)
+                        time.sleep(args.gap)
         finally:
-            os.killpg(up.pid, 2)
-            up.wait(timeout=180)
             smtp.stop()
     print(f"{args.items} items of each kind, {args.gap:g} s apart; "
           f"load average {os.getloadavg()[0]:.1f}")
