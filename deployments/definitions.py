@@ -56,8 +56,13 @@ class Deployment:
     # run with different parameters side by side (jobs, one sync run per mapping).
     single: bool = True
     # Where in its interval the schedule fires, from ANCHOR: the safety nets are spread out
-    # so that they never start a crowd of flow-run processes at the same second.
+    # so that they never start a crowd of runs at the same second.
     offset: timedelta = timedelta(0)
+    # `opsflow up` runs this deployment's runs in a thread of its own process (no process
+    # start: `deployments.in_process`); off for runs that want a process of their own (long,
+    # memory-hungry, or side by side with other parameters). Workers run every deployment
+    # in a process, as usual.
+    in_process: bool = True
 
     def __post_init__(self) -> None:
         path, _, function = self.entrypoint.partition(":")
@@ -92,7 +97,9 @@ class Deployment:
         return {"limit": 1, "collision_strategy": "CANCEL_NEW"} if self.single else None
 
 
-SAFETY_NET = timedelta(minutes=15)  # record-driven flows: their work wakes them (sensors.work)
+# Record-driven flows are woken by their work (sensors.work asks every 1.5 s, and again a
+# minute later while work stays due); the schedule is only for a work sensor that was down.
+SAFETY_NET = timedelta(hours=1)
 
 
 def on_due_work(deployment: str) -> tuple[dict[str, Any], ...]:
@@ -125,6 +132,7 @@ DEPLOYMENTS: list[Deployment] = [
         triggers=(SYNC_TRIGGER,),
         parameters={"mapping": "demo-outbox"},
         single=False,
+        in_process=False,
         tags=("sync",),
     ),
     Deployment(
@@ -141,7 +149,7 @@ DEPLOYMENTS: list[Deployment] = [
         name="create-tips",
         entrypoint="flows/delivery.py:create_tips",
         description="One receiver tip per finalized submission and receiver.",
-        offset=timedelta(seconds=30),
+        offset=timedelta(minutes=2),
         interval=SAFETY_NET,
         triggers=on_due_work("create-tips"),
         tags=("delivery",),
@@ -150,7 +158,7 @@ DEPLOYMENTS: list[Deployment] = [
         name="notify-receivers",
         entrypoint="flows/delivery.py:notify_receivers",
         description="Queue one mail per tip not yet notified, in the receiver's language.",
-        offset=timedelta(seconds=120),
+        offset=timedelta(minutes=9),
         interval=SAFETY_NET,
         triggers=on_due_work("notify-receivers"),
         tags=("delivery",),
@@ -160,7 +168,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/delivery.py:send_mail",
         description="Drain the outgoing mail queue over one SMTP connection: digests, hourly "
         "limit, backoff, permanent rejections failed at once.",
-        offset=timedelta(seconds=210),
+        offset=timedelta(minutes=13),
         interval=SAFETY_NET,
         triggers=on_due_work("send-mail"),
         parameters={"smtp_block": "opsflow-smtp"},
@@ -171,7 +179,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/delivery.py:deliver_files",
         description="Package each tip's files (OpenPGP when the receiver has a key), check "
         "them, and push them through the target block when one is given.",
-        offset=timedelta(seconds=300),
+        offset=timedelta(minutes=21),
         interval=SAFETY_NET,
         triggers=on_due_work("deliver-files"),
         tags=("delivery",),
@@ -181,7 +189,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/delivery.py:deliver_notifications",
         description="Hand pending notification events to subscribers whose delivery window "
         "is open (e-mail, SMS gateway, in-app memo).",
-        offset=timedelta(seconds=390),
+        offset=timedelta(minutes=29),
         interval=SAFETY_NET,
         triggers=on_due_work("deliver-notifications"),
         tags=("delivery",),
@@ -190,7 +198,7 @@ DEPLOYMENTS: list[Deployment] = [
         name="deliver-client-notifications",
         entrypoint="flows/delivery.py:deliver_client_notifications",
         description="Send queued client EML notifications over SMTP.",
-        offset=timedelta(seconds=480),
+        offset=timedelta(minutes=34),
         interval=SAFETY_NET,
         triggers=on_due_work("deliver-client-notifications"),
         parameters={"smtp_block": "opsflow-smtp", "on_unreachable": "stop"},
@@ -201,7 +209,7 @@ DEPLOYMENTS: list[Deployment] = [
         name="generate-pm-workorders",
         entrypoint="flows/generator.py:generate_pm_workorders",
         description="Service work orders for preventive maintenance that comes due.",
-        offset=timedelta(seconds=570),
+        offset=timedelta(minutes=46),
         interval=SAFETY_NET,
         triggers=on_due_work("generate-pm-workorders"),
         parameters={"batch_size": 500, "max_batches": 200},
@@ -264,7 +272,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/transfer.py:advance_transfers",
         description="Consumer tick: advance every experiment that is not final by one step "
         "(request, follow, check integrity, complete or fail).",
-        offset=timedelta(seconds=660),
+        offset=timedelta(minutes=52),
         interval=SAFETY_NET,
         triggers=on_due_work("advance-transfers"),
         tags=("transfer",),
@@ -276,6 +284,7 @@ DEPLOYMENTS: list[Deployment] = [
         description="Provider: copy an experiment's datafiles to a site's storage, skipping "
         "files already there with the same sha256, verifying each file written.",
         single=False,
+        in_process=False,
         tags=("transfer",),
     ),
     Deployment(
@@ -284,6 +293,7 @@ DEPLOYMENTS: list[Deployment] = [
         description="Register an experiment (EPN) at every site that should receive it and "
         "notify their admins.",
         single=False,
+        in_process=False,
         tags=("transfer",),
     ),
     Deployment(
@@ -291,6 +301,7 @@ DEPLOYMENTS: list[Deployment] = [
         entrypoint="flows/transfer.py:restart_transfer",
         description="Send a failed experiment back to Ingested with its original destination.",
         single=False,
+        in_process=False,
         tags=("transfer",),
     ),
     # --- abstract booklet (seed 004) ---------------------------------------------------------
@@ -300,6 +311,7 @@ DEPLOYMENTS: list[Deployment] = [
         description="Indico event export (JSON) in, ODT abstract booklet out, kept in the "
         "results area until it expires.",
         single=False,
+        in_process=False,
         tags=("booklet",),
     ),
     Deployment(

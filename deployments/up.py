@@ -41,17 +41,32 @@ LOCK_NAME = "opsflow-up.lock"
 SERVER_START_TIMEOUT = 180.0  # seconds; about 15 s on a quiet 2-core machine
 SERVER_STOP_TIMEOUT = 20.0
 PR_SET_PDEATHSIG = 1
-# How often the runner asks the server for runs that are due. Prefect's default of 10 s is
-# most of the wait of a file dropped after a quiet spell (event -> run -> runner picks it up);
-# a local server answers this query in a few milliseconds.
-RUNNER_POLL_SECONDS = 2.0
-# Flow-run processes the one `opsflow up` runs at once. The sync drain runs in this process
-# and each deployment has at most one active run, so a few are enough; more only make a
-# 2-core machine and the server's SQLite wait on each other (20 wedged it under load).
+# How often the runner asks the server for runs that are due. It serves only the deployments
+# that run in a process of their own (booklets, the provider's copies, ...), which take
+# seconds to start anyway; everything record-driven runs in this process, woken directly.
+RUNNER_POLL_SECONDS = 5.0
+# Flow-run processes the one `opsflow up` runs at once. The sync drain and the light
+# deployments run in this process, so a few are enough; more only make a 2-core machine and
+# the server's SQLite wait on each other (20 wedged it under load).
 RUNNER_PROCESS_LIMIT = 6
 # The local server's SQLite: wait this long for a lock before "database is locked" (Prefect's
 # default statement timeout is 10 s, shorter than a busy machine's write bursts).
 SERVER_DATABASE_TIMEOUT = "60"
+
+
+# The local server's background services at intervals one machine needs: an idle server
+# otherwise wakes every few seconds to look for late runs, expired pauses and recently changed
+# deployments (seconds of CPU an hour, the largest share of an idle `opsflow up`). Each is
+# the server's own setting; one set in the environment wins.
+QUIET_SERVICES = {
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "30",  # Prefect: 5
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "60",  # 5; no flow pauses
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "60",  # 20
+    "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "15",  # 5
+    # Runs made ahead per schedule (Prefect: up to 100): fewer rows for every look-up.
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "10",
+    "PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": "PT30S",  # 5; opsflow's triggers are reactive
+}
 
 
 class UpError(RuntimeError):
@@ -134,13 +149,14 @@ def start_server(host: str, port: int, home: Path) -> subprocess.Popen[bytes]:
     env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", SERVER_DATABASE_TIMEOUT)
     # Fewer writes: the foreman only watches worker heartbeats, and `opsflow up` has no worker.
     env.setdefault("PREFECT_SERVER_SERVICES_FOREMAN_ENABLED", "false")
+    env.update({name: value for name, value in QUIET_SERVICES.items() if name not in env})
     # A request refused for a busy database (503, retried by the clients) is written to
     # server.log, so that an overload shows where an operator looks.
     env.setdefault("PREFECT_API_LOG_RETRYABLE_ERRORS", "true")
     log = open(home / "server.log", "ab")  # noqa: SIM115 - the child keeps its own copy
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", host,
+            [sys.executable, "-m", "deployments.local_server", "server", "start", "--host", host,
              "--port", str(port)],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent,
@@ -347,12 +363,14 @@ def _thread_interrupt_main() -> None:
 
 # --- serving ----------------------------------------------------------------------------------
 
-async def serve_until_stopped(deployments: list[Any], on_ready: Callable[[], None],
-                              signals: StopSignals, before_stop: Callable[[], None],
+async def serve_until_stopped(deployments: list[Any], here: list[Any], in_process: Any,
+                              on_ready: Callable[[], None], signals: StopSignals,
+                              before_stop: Callable[[], None],
                               wait_drains: Callable[[float], bool], grace: float) -> None:
-    """Serve the deployments from one Runner until SIGINT or SIGTERM, then stop in order:
-    take no new runs (the runner stops polling, the sensors stop waking), let the runs in
-    flight finish for `grace` seconds, then cancel what is left (Cancelled, not Crashed).
+    """Serve `deployments` from one Runner (a process per run) and `here` from this process
+    (`in_process`, an `InProcessRuns`), until SIGINT or SIGTERM, then stop in order: take no
+    new runs (the runner and the in-process poll stop, the sensors stop waking), let the runs
+    in flight finish for `grace` seconds, then cancel what is left (Cancelled, not Crashed).
 
     Runner.start() installs a SIGTERM handler that calls sys.exit; ours replaces it, so that
     both signals take the same orderly way out."""
@@ -364,6 +382,8 @@ async def serve_until_stopped(deployments: list[Any], on_ready: Callable[[], Non
                     limit=RUNNER_PROCESS_LIMIT)
     for deployment in deployments:
         await runner.aadd_deployment(deployment)
+    in_process.bind({deployment.name: await deployment.aapply() for deployment in here})
+    in_process.start()
     stop = asyncio.Event()
     serving = asyncio.create_task(runner.start())
     await asyncio.sleep(0)  # runner.start() has run up to its first await: its handler is set
@@ -383,14 +403,16 @@ async def serve_until_stopped(deployments: list[Any], on_ready: Callable[[], Non
     poller = getattr(runner, "_scheduled_run_poller", None)
     if poller is not None:
         poller.stopping = True
+    in_process.stop_taking()
     await asyncio.to_thread(before_stop)
     deadline = time.monotonic() + grace
-    while _runs_in_flight(runner) and time.monotonic() < deadline:
+    while (_runs_in_flight(runner) or in_process.in_flight()) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
     await asyncio.to_thread(wait_drains, max(0.0, deadline - time.monotonic()))
-    left = _runs_in_flight(runner)
+    left = _runs_in_flight(runner) + in_process.in_flight()
     if left:
         say(f"cancelling {left} run(s) still going after {grace:.0f} s")
+    await asyncio.to_thread(in_process.cancel_left, "opsflow up stopped before this run ended")
     if runner.started:
         await runner.astop()  # cancels what is left: Cancelled, with the runner's message
     try:
@@ -489,13 +511,16 @@ def _run_up(open_browser: bool) -> int:
         signals.restore()
 
 
-def start_work_sensor(database_url: str) -> Callable[[], None] | None:
-    """The work sensor (`sensors.work`): due work wakes its deployment through an event."""
+def start_work_sensor(database_url: str, in_process: Any) -> Callable[[], None] | None:
+    """The work sensor (`sensors.work`): due work wakes its deployment in this process at once,
+    and a run that ends makes it count again (the next step's work may be due now)."""
     try:
         work = importlib.import_module("sensors.work")
     except ModuleNotFoundError:
         return None
-    return work.WorkSensor(database_url).start().stop
+    sensor = work.WorkSensor(database_url, emit=in_process.wake)
+    in_process.on_finished = sensor.poke
+    return sensor.start().stop
 
 
 def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool, signals: StopSignals,
@@ -505,6 +530,7 @@ def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool, signals: 
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     from deployments.definitions import DEPLOYMENTS, runner_deployment
+    from deployments.in_process import InProcessRuns
 
     updates: dict[Any, Any] = {PREFECT_API_URL: api_url}
     if local:
@@ -515,13 +541,16 @@ def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool, signals: 
         from flows.jobs import ensure_job_limits
 
         say(f"job limit: {ensure_job_limits()} slots (an exclusive job takes them all)")
-        deployments = [runner_deployment(spec) for spec in DEPLOYMENTS]
+        elsewhere = [runner_deployment(spec) for spec in DEPLOYMENTS if not spec.in_process]
+        here = [runner_deployment(spec) for spec in DEPLOYMENTS if spec.in_process]
+        in_process = InProcessRuns({spec.name: spec.load_flow() for spec in DEPLOYMENTS
+                                    if spec.in_process})
         drain = in_process_drain()
         stop_sensors = start_sensors(drain)
         say("folder sensors started, draining in this process" if stop_sensors and drain
             else "folder sensors started" if stop_sensors
             else "no folder sensors (sensors.folder not there)")
-        stop_work = start_work_sensor(database_url)
+        stop_work = start_work_sensor(database_url, in_process)
         stoppers = [stop for stop in (stop_sensors, stop_work) if stop is not None]
 
         def before_stop() -> None:
@@ -534,14 +563,15 @@ def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool, signals: 
         try:
 
             def ready() -> None:
-                say(f"serving {len(deployments)} deployments; UI at {ui_url}; Ctrl-C stops")
+                say(f"serving {len(elsewhere) + len(here)} deployments ({len(here)} in this "
+                    f"process); UI at {ui_url}; Ctrl-C stops")
                 if open_browser:
                     import webbrowser
 
                     webbrowser.open(ui_url)
 
-            asyncio.run(serve_until_stopped(deployments, ready, signals, before_stop,
-                                            wait_drains, grace))
+            asyncio.run(serve_until_stopped(elsewhere, here, in_process, ready, signals,
+                                            before_stop, wait_drains, grace))
         finally:
             before_stop()
     say("stopped")

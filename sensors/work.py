@@ -4,8 +4,10 @@ A flow-run process costs seconds of CPU before it learns there is nothing to do,
 record-driven deployments (tips, receiver mails, the mail queue, file delivery, notifications,
 PM work orders, transfer ticks) no longer poll on short schedules. This sensor asks the record
 store the same question their claim asks ("how many rows are due?", the `due_count` beside
-each claim filter in `opsflow/`) and emits `opsflow.work.due` for a deployment when its work
-appears; the deployment's event trigger starts the run. The schedules stay as the safety net.
+each claim filter in `opsflow/`) and wakes a deployment when its work appears. On several
+machines (`opsflow sensors work`) waking is the event `opsflow.work.due`, which the deployment's
+trigger turns into a run for the work pool; in `opsflow up` it is `InProcessRuns.wake`, which
+starts the run in that process at once. The schedules stay as the safety net.
 
 When to wake a deployment (`should_wake`): as soon as its count rises (new work), and again
 after `rewake` seconds while work stays due and the deployment's kind allows it (a run that
@@ -38,7 +40,9 @@ POLL_SECONDS = 1.5  # the sensor's share of the pick-up latency
 REWAKE_SECONDS = 60.0
 
 Count = Callable[[Session, datetime], int]
-Emit = Callable[[str, int], None]  # (deployment name, rows due)
+# (deployment name, rows due) -> False if the deployment was not woken (its last run is still
+# going): asked again on the next round. None or True: woken.
+Emit = Callable[[str, int], "bool | None"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class WorkSensor:
         self._seen = {kind.deployment: 0 for kind in kinds}
         self._last_emit = {kind.deployment: float("-inf") for kind in kinds}
         self._stop = threading.Event()
+        self._poke = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="work-sensor")
         self._last_error_log = float("-inf")
         self.wakes = 0
@@ -128,17 +133,27 @@ class WorkSensor:
             since = time.monotonic() - self._last_emit[name]
             if should_wake(self._seen[name], current, since, kind.rewake):
                 try:
-                    self.emit(name, current)
+                    if self.emit(name, current) is False:
+                        continue  # not woken now: the same count still counts as new next round
                     self._last_emit[name] = time.monotonic()
                     self.wakes += 1
                 except Exception:  # noqa: BLE001 - server away: the safety-net schedule catches up
-                    log.warning("could not emit %s for %s", EVENT_NAME, name, exc_info=True)
+                    log.warning("could not wake %s", name, exc_info=True)
                     continue
             self._seen[name] = current
         return counts
 
+    def poke(self, *_: object) -> None:
+        """Count again now, not at the next tick: a run that just ended may have made the next
+        step's work due (a tip that needs its mail)."""
+        self._poke.set()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+        while True:
+            self._poke.wait(self.poll_seconds)
+            self._poke.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.poll()
             except Exception:  # noqa: BLE001 - the store may be busy or down: try again
@@ -152,6 +167,7 @@ class WorkSensor:
 
     def stop(self) -> None:
         self._stop.set()
+        self._poke.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 

@@ -27,7 +27,7 @@ from opsflow.delivery import seed
 from opsflow.store import session_scope
 from sensors.work import KINDS, WorkSensor, should_wake
 from tests.support.servers import SmtpServer, free_port
-from tests.test_up import OPSFLOW, START_TIMEOUT, Up, up_env
+from tests.test_up import OPSFLOW, START_TIMEOUT, Up, descendants, up_env
 
 IDLE_WINDOW = 180.0  # seconds of idle `opsflow up` watched
 WAIT = 180.0  # bound of every wait for a run, a mail or a file on a loaded machine
@@ -169,8 +169,13 @@ def grouped_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GroupUp]:
 def test_idle_opsflow_up_starts_only_what_the_clock_makes_due(grouped_up: GroupUp) -> None:
     up = grouped_up
     window = Window(datetime.now(UTC), datetime.now(UTC))
-    time.sleep(IDLE_WINDOW)
+    before = descendants(up.process.pid)
+    started_processes: set[int] = set()
+    while datetime.now(UTC) < window.start + timedelta(seconds=IDLE_WINDOW):
+        started_processes |= descendants(up.process.pid) - before
+        time.sleep(0.5)  # a flow-run process lives for seconds: none slips between looks
     window.end = datetime.now(UTC)
+    assert not started_processes, f"an idle opsflow up started processes {started_processes}"
     served = {d["id"]: d["name"] for d in up.deployments()}
     started = [r for r in flow_runs(up, flow_runs={"start_time": {
         "after_": window.start.isoformat(), "before_": window.end.isoformat()}})]
@@ -254,6 +259,9 @@ def test_a_finalized_submission_is_mailed_with_every_schedule_paused(
     runs = wait_until("a completed run of each of create-tips, notify-receivers, send-mail",
                       completed)
     assert not [r["name"] for r in runs if r["auto_scheduled"]], "a schedule fired"
+    # woken in the opsflow up process itself: no flow-run process was started for them
+    assert all(f"pid:{up.process.pid}" in r["tags"] for r in runs), [
+        (chain[r["deployment_id"]], r["tags"]) for r in runs]
 
 
 @pytest.mark.slow

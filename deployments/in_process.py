@@ -1,0 +1,232 @@
+"""Flow runs of the light deployments, executed in threads of `opsflow up`: no process start.
+
+A flow-run process imports Prefect before it learns whether there is anything to do: seconds
+of CPU on a small machine, and the seconds an operator waits for new work. The record-driven
+deployments (tips, mails, deliveries, work orders, transfer ticks) and the clock's sweeps are
+short and batch their work, so `opsflow up` runs them here. Each run is still a flow run of
+its deployment, with its states, logs, artifacts and the deployment's concurrency limit; what
+changes is only where the engine runs it:
+
+- `wake(name)`, called by the work sensor the moment a deployment's work is due, creates the
+  run and starts it at once (no event, no trigger, no poll in between);
+- a poll every few seconds takes the deployments' scheduled runs that are due (safety nets,
+  sweeps, the UI's *Run*, submitted jobs) and starts them the same way.
+
+Runs that want a process of their own (the booklet, the provider's copies, runs with other
+parameters side by side) stay with the Runner. A run here proposes Pending first, as the
+Runner does, so the server's deployment concurrency limit (CANCEL_NEW) decides whether it may
+start; `wake` does not even ask while the deployment's last run is still going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import FlowRun
+
+log = logging.getLogger("opsflow.up.in_process")
+
+# How long a run made by a schedule, a job or the UI's Run waits to start. Work that records
+# make due does not wait for this poll: the work sensor wakes its deployment directly.
+POLL_SECONDS = 5.0
+
+
+class InProcessRuns:
+    """Starts and tracks the in-thread runs of some deployments of one `opsflow up`."""
+
+    def __init__(self, flows: dict[str, Flow[..., Any]], *, poll_seconds: float = POLL_SECONDS,
+                 on_finished: Callable[[str], None] | None = None) -> None:
+        self.flows = flows  # deployment name -> flow object, imported once here
+        self.poll_seconds = poll_seconds
+        self.on_finished = on_finished  # told the deployment's name when one of its runs ends
+        self._ids: dict[str, UUID] = {}
+        self._names: dict[UUID, str] = {}
+        self._threads: dict[UUID, threading.Thread] = {}  # flow run id -> its thread
+        self._running: dict[str, int] = {}  # deployment name -> runs in flight
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, daemon=True,
+                                        name="in-process-runs")
+        self._tags = [f"pid:{os.getpid()}"]
+
+    # --- set-up --------------------------------------------------------------------------------
+
+    def bind(self, deployment_ids: dict[str, UUID]) -> InProcessRuns:
+        """Learn the server's ids of our deployments (after they are registered)."""
+        self._ids = {name: deployment_ids[name] for name in self.flows}
+        self._names = {id_: name for name, id_ in self._ids.items()}
+        return self
+
+    def start(self) -> InProcessRuns:
+        self._poller.start()
+        return self
+
+    # --- starting runs -------------------------------------------------------------------------
+
+    def busy(self, name: str) -> bool:
+        with self._lock:
+            return self._running.get(name, 0) > 0
+
+    def wake(self, name: str, due: int = 0) -> bool:
+        """Create a run of deployment `name` and start it now; False if it was not started
+        (its last run still going, or stopping), so that the caller asks again later."""
+        if self._stopping.is_set() or name not in self._ids or self.busy(name):
+            return False
+        from prefect import get_client
+
+        with get_client(sync_client=True) as client:
+            flow_run = client.create_flow_run_from_deployment(self._ids[name], tags=self._tags)
+        self._start(name, flow_run)
+        return True
+
+    def due_runs(self, client: SyncPrefectClient) -> list[FlowRun]:
+        """Scheduled runs of our deployments whose time has come, oldest first."""
+        if not self._ids:
+            return []
+        runs = client.get_scheduled_flow_runs_for_deployments(
+            list(self._ids.values()), scheduled_before=datetime.now(UTC), limit=50)
+        return sorted(runs, key=lambda run: run.next_scheduled_start_time or run.created)
+
+    def _poll_loop(self) -> None:
+        from prefect import get_client
+
+        # One client for the life of the poll: opening one costs more CPU than the query.
+        with get_client(sync_client=True) as client:
+            self._poll_with(client)
+
+    def _poll_with(self, client: SyncPrefectClient) -> None:
+        last_error = float("-inf")
+        while not self._stopping.wait(self.poll_seconds):
+            try:
+                start, drop = runs_to_start(self.due_runs(client))
+                if drop:
+                    self._drop(drop)
+                for flow_run in start:
+                    if self._stopping.is_set():
+                        break
+                    with self._lock:
+                        taken = flow_run.id in self._threads
+                    if not taken and flow_run.deployment_id in self._names:
+                        self._start(self._names[flow_run.deployment_id], flow_run)
+            except Exception:  # noqa: BLE001 - the server is busy or away: ask again
+                if time.monotonic() - last_error >= 60:
+                    log.warning("cannot read the scheduled runs", exc_info=True)
+                    last_error = time.monotonic()
+
+    @staticmethod
+    def _drop(runs: list[FlowRun]) -> None:
+        from prefect import get_client
+
+        with get_client(sync_client=True) as client:
+            for flow_run in runs:
+                client.delete_flow_run(flow_run.id)
+        log.info("dropped %d overdue scheduled runs (the newest of each deployment does "
+                 "their work)", len(runs))
+
+    def _start(self, name: str, flow_run: FlowRun) -> None:
+        thread = threading.Thread(target=self._run, args=(name, flow_run), daemon=True,
+                                  name=f"run-{name}")
+        with self._lock:
+            self._threads[flow_run.id] = thread
+            self._running[name] = self._running.get(name, 0) + 1
+        thread.start()
+
+    def _run(self, name: str, flow_run: FlowRun) -> None:
+        try:
+            admitted = self._admit(flow_run)
+            if admitted is not None:
+                execute(self.flows[name], admitted)
+        except Exception:  # noqa: BLE001 - the run's own state and logs say what failed
+            log.warning("in-process run %s of %s ended with an error", flow_run.name, name,
+                        exc_info=True)
+        finally:
+            with self._lock:
+                self._threads.pop(flow_run.id, None)
+                self._running[name] -= 1
+            if self.on_finished is not None:
+                self.on_finished(name)
+
+    @staticmethod
+    def _admit(flow_run: FlowRun) -> FlowRun | None:
+        """Propose Pending, as the Runner does: the server's deployment concurrency limit
+        cancels a run that comes due while the last one runs (CANCEL_NEW). The admitted run,
+        read back with its new state, or None."""
+        from prefect import get_client
+        from prefect.states import Pending
+
+        with get_client(sync_client=True) as client:
+            result = client.set_flow_run_state(flow_run.id, Pending())
+            if result.state is None or not result.state.is_pending():
+                return None
+            return client.read_flow_run(flow_run.id)
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    def stop_taking(self) -> None:
+        """Start nothing new from now on (wakes refused, the poll ends)."""
+        self._stopping.set()
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._threads)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the runs in flight; True if none is left."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.in_flight() == 0
+
+    def cancel_left(self, message: str) -> int:
+        """Mark the runs still going Cancelled before this process exits (its threads end with
+        it): their records keep their leases, which run out, and the next run takes them."""
+        from prefect import get_client
+        from prefect.states import Cancelled
+
+        with self._lock:
+            left = list(self._threads)
+        with get_client(sync_client=True) as client:
+            for flow_run_id in left:
+                try:
+                    client.set_flow_run_state(flow_run_id, Cancelled(message=message),
+                                              force=True)
+                except Exception:  # noqa: BLE001 - the server went first: nothing to mark
+                    log.warning("could not mark run %s cancelled", flow_run_id, exc_info=True)
+        return len(left)
+
+
+def runs_to_start(due: list[FlowRun]) -> tuple[list[FlowRun], list[FlowRun]]:
+    """Which due runs to start, and which to drop, oldest first.
+
+    Overdue schedule ticks of one deployment (a server that kept scheduling while nothing ran
+    them) are all the same sweep: only the newest is started. Runs somebody asked for (the
+    UI's Run, a job, a wake) are all started."""
+    newest: dict[UUID | None, FlowRun] = {}
+    for flow_run in due:
+        if flow_run.auto_scheduled:
+            newest[flow_run.deployment_id] = flow_run  # `due` is oldest first
+    start = [run for run in due if not run.auto_scheduled or newest[run.deployment_id] is run]
+    drop = [run for run in due if run.auto_scheduled and newest[run.deployment_id] is not run]
+    return start, drop
+
+
+def execute(flow: Flow[..., Any], flow_run: FlowRun) -> Any:
+    """Run `flow_run` with Prefect's engine in this thread (an async flow in its own loop)."""
+    from prefect.flow_engine import run_flow
+
+    outcome = run_flow(flow, flow_run=flow_run, return_type="state")
+    if inspect.iscoroutine(outcome):
+        outcome = asyncio.run(outcome)
+    return outcome
