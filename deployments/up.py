@@ -35,6 +35,7 @@ from typing import IO, Any
 from urllib.error import URLError
 from urllib.request import urlopen
 
+from deployments.mail_sink import start_demo_sink
 from opsflow.settings import SettingsError, get_settings
 
 LOCK_NAME = "opsflow-up.lock"
@@ -516,6 +517,8 @@ def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool, signals: 
 
         say(f"job limit: {ensure_job_limits()} slots (an exclusive job takes them all)")
         deployments = [runner_deployment(spec) for spec in DEPLOYMENTS]
+        stop_mail = start_demo_sink(get_settings().data_dir.resolve(),
+                                    get_settings().demo_smtp_port, say)
         drain = in_process_drain()
         stop_sensors = start_sensors(drain)
         say("folder sensors started, draining in this process" if stop_sensors and drain
@@ -544,5 +547,6 @@ def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool, signals: 
                                             wait_drains, grace))
         finally:
             before_stop()
+            stop_mail()  # after the runs in flight: a send-mail run may be handing mail over
     say("stopped")
     return 0
