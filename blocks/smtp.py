@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from blocks import DOCUMENTATION_URL
 from opsflow.mail.smtp import MailSender, SmtpConfig, open_connection
+from opsflow.settings import get_settings
 
 
 class SmtpServer(Block):
@@ -63,5 +64,8 @@ class SmtpServer(Block):
 
 
 def default_blocks() -> dict[str, Block]:
-    """The blocks `opsflow up` saves on a fresh server: a local mail server on port 25."""
-    return {"opsflow-smtp": SmtpServer(host="localhost", port=25, security="none")}
+    """The blocks `opsflow up` saves on a fresh server: the demo mail sink that `opsflow up`
+    runs on loopback (`deployments.mail_sink`), so that the demo's mails arrive somewhere an
+    operator can read them; edit the block to name a real server."""
+    port = get_settings().demo_smtp_port
+    return {"opsflow-smtp": SmtpServer(host="127.0.0.1", port=port, security="none")}

@@ -35,6 +35,7 @@ from typing import IO, Any
 from urllib.error import URLError
 from urllib.request import urlopen
 
+from deployments.mail_sink import start_demo_sink
 from opsflow.settings import SettingsError, get_settings
 
 LOCK_NAME = "opsflow-up.lock"
@@ -545,6 +546,8 @@ def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool, signals: 
         here = [runner_deployment(spec) for spec in DEPLOYMENTS if spec.in_process]
         in_process = InProcessRuns({spec.name: spec.load_flow() for spec in DEPLOYMENTS
                                     if spec.in_process})
+        stop_mail = start_demo_sink(get_settings().data_dir.resolve(),
+                                    get_settings().demo_smtp_port, say)
         drain = in_process_drain()
         stop_sensors = start_sensors(drain)
         say("folder sensors started, draining in this process" if stop_sensors and drain
@@ -574,5 +577,6 @@ def _serve(api_url: str, ui_url: str, local: bool, open_browser: bool, signals: 
                                             before_stop, wait_drains, grace))
         finally:
             before_stop()
+            stop_mail()  # after the runs in flight: a send-mail run may be handing mail over
     say("stopped")
     return 0

@@ -81,6 +81,12 @@ class OpsflowSettings(BaseSettings):
     # --- the local Prefect server of `opsflow up` ---------------------------------------------
     prefect_host: str = Field(default="127.0.0.1", description="Host of the local Prefect server.")
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the local server.")
+    # 0 is "the port after the Prefect server's": stable for a data folder served on the same
+    # port, and distinct for every `opsflow up` on its own Prefect port (tests, several demos).
+    demo_smtp_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="Loopback port of the demo mail sink of `opsflow up`; 0: "
+        "OPSFLOW_PREFECT_PORT + 1.")
     stop_grace_seconds: float = Field(
         default=30, ge=0, le=3600,
         description="Ctrl-C: how long runs in flight may finish before they are cancelled.")
@@ -116,6 +122,9 @@ class OpsflowSettings(BaseSettings):
     def _default_database(self) -> OpsflowSettings:
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'opsflow.db').resolve()}"
+        if not self.demo_smtp_port:
+            # 65535 has no port after it: the one before it, then.
+            self.demo_smtp_port = self.prefect_port + 1 if self.prefect_port < 65535 else 65534
         return self
 
     @property

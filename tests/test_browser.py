@@ -9,16 +9,21 @@ text it expects to appear, and asserts on the page's text, never on pixels.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from deployments.definitions import DEPLOYMENTS, PROJECT_DIR, Deployment
-from tests.support.servers import free_port
+from tests.support.servers import RecordingHandler, SmtpServer, free_port
 from tests.test_up import START_TIMEOUT, Up
 
 pytestmark = pytest.mark.slow
@@ -177,17 +182,13 @@ def test_deployments_page_lists_every_deployment_with_its_schedule(
 def test_a_flow_run_page_shows_its_artifacts(up: Up, browser, artifacts: Path) -> None:  # type: ignore[no-untyped-def]
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from selenium.webdriver.common.by import By
 
     with temporary_settings(updates={PREFECT_API_URL: up.api}):
         run = run_deployment("sweep-flow-runs/sweep-flow-runs", timeout=RUN_TIMEOUT,
                              poll_interval=1)
     assert run.state is not None and run.state.is_completed(), run.state
     url = f"http://127.0.0.1:{up.port}/runs/flow-run/{run.id}"
-    open_until(browser, url, [run.name, "Completed", "Artifacts"], artifacts / "flow-run.png")
-    tab = browser.find_element(By.XPATH, "//*[normalize-space(.)='Artifacts' and "
-                                         "not(*[normalize-space(.)='Artifacts'])]")
-    tab.click()
+    open_artifacts_tab(browser, url, [run.name, "Completed"], artifacts / "flow-run.png")
     # The artifact's card: its description, or its table's columns.
     wait_for(browser, ["Flow runs deleted by retention", "runs deleted"],
              artifacts / "flow-run-artifacts.png", any_of=True)
@@ -206,3 +207,141 @@ def test_the_demo_mappings_block_page_shows_its_target(up: Up, browser, artifact
                       ["demo-outbox", "Target"], artifacts / "demo-outbox-block.png")
     lines = [line.strip() for line in text.splitlines()]
     assert lines[lines.index("Target") + 1] == "demo-remote", text[:2000]
+
+
+GATE_TIMEOUT = 300.0  # seconds the held-back mail server keeps a message before refusing it
+
+
+class GatedHandler(RecordingHandler):
+    """A slow mail server whose pace the test sets: it accepts a message only while fewer
+    than `allowed` were accepted, so that a send-mail run stands still mid-way, for as long as
+    a busy browser needs, and then goes on. (A held message is refused after GATE_TIMEOUT, so
+    that nothing waits for ever.)"""
+
+    def __init__(self, allowed: int) -> None:
+        super().__init__()
+        self.allowed = allowed
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + GATE_TIMEOUT
+        while len(self.messages) >= self.allowed:
+            if time.monotonic() > deadline:
+                return "451 4.3.0 held back too long by the test"
+            await asyncio.sleep(0.1)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def percents(text: str) -> list[float]:
+    """The percentages a page shows ("30%", "Progress: 30.0%")."""
+    return [float(value) for value in re.findall(r"(\d+(?:\.\d+)?)\s*%", text)]
+
+
+def wait_for_percent(driver, wanted: Callable[[float], bool], what: str, shot: Path,  # type: ignore[no-untyped-def]
+                     reopen: Callable[[], None]) -> float:
+    """Wait until the page shows a percentage for which `wanted` holds, opening the page
+    afresh between looks (the tab may not poll the artifact); a screenshot either way."""
+    deadline = time.monotonic() + PAGE_TIMEOUT
+    while True:
+        found = [value for value in percents(page_text(driver)) if wanted(value)]
+        if found:
+            driver.save_screenshot(str(shot))
+            return found[0]
+        if time.monotonic() > deadline:
+            driver.save_screenshot(str(shot))
+            raise AssertionError(f"{driver.current_url}: no progress {what} after {PAGE_TIMEOUT} s "
+                                 f"(screenshot {shot}); the page says:\n"
+                                 f"{page_text(driver)[:3000]}")
+        time.sleep(2)
+        if not [value for value in percents(page_text(driver)) if wanted(value)]:
+            reopen()
+
+
+def open_artifacts_tab(driver, url: str, wanted: list[str], shot: Path) -> None:  # type: ignore[no-untyped-def]
+    """Open a flow run's page and, once it shows `wanted`, its Artifacts tab."""
+    from selenium.webdriver.common.by import By
+
+    open_until(driver, url, [*wanted, "Artifacts"], shot)
+    tab = driver.find_element(By.XPATH, "//*[normalize-space(.)='Artifacts' and "
+                                        "not(*[normalize-space(.)='Artifacts'])]")
+    tab.click()
+
+
+def test_a_long_runs_progress_artifact_moves(up: Up, browser, artifacts: Path,  # type: ignore[no-untyped-def]
+                                            tmp_path: Path) -> None:
+    """A send-mail run of 40 mails in batches of 4, through a mail server that stops after 12:
+    while the run works, its progress artifact shows a value strictly between 0 and 100 (three
+    batches of four: 30%), and 100 once the server lets the rest through and the run ends."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from blocks.smtp import SmtpServer as SmtpBlock
+    from opsflow.mail.outbox import enqueue
+    from opsflow.store import session_scope, upgrade
+
+    mails, batch, allowed = 40, 4, 12
+    server = SmtpServer(handler=GatedHandler(allowed))
+    server.start()
+    url = f"sqlite:///{tmp_path / 'records.db'}"  # a store of its own: no work sensor wakes it
+    upgrade(url)
+    with session_scope(url) as session:
+        enqueue(session, [{"key": f"progress-{n}", "recipient": f"r{n}@example.org",
+                           "subject": f"mail {n}", "body": "hello\n"} for n in range(mails)])
+    with temporary_settings(updates={PREFECT_API_URL: up.api}):
+        SmtpBlock(host="127.0.0.1", port=server.port, timeout=GATE_TIMEOUT + 60,
+                  session_deadline=3 * GATE_TIMEOUT).save("browser-slow-smtp", overwrite=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_API_URL"] = up.api
+    run = subprocess.Popen(
+        [sys.executable, "-c", "from flows.delivery import send_mail; send_mail("
+         f"database_url={url!r}, smtp_block='browser-slow-smtp', batch_size={batch})"],
+        cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        flow_run = wait_for_flow_run(up, url)
+        page = f"http://127.0.0.1:{up.port}/runs/flow-run/{flow_run['id']}"
+        # The run's Artifacts tab: the progress card, whose description counts the mails.
+        open_artifacts_tab(browser, page, [flow_run["name"]], artifacts / "progress-run.png")
+        wait_for(browser, ["send-mail-progress", f"{allowed} of {mails}"],
+                 artifacts / "progress-tab.png")
+        # The artifact's own page shows the value ("Progress: 30%").
+        artifact = f"http://127.0.0.1:{up.port}/artifacts/artifact/{progress_artifact(up, flow_run)}"
+
+        def reopen() -> None:
+            open_until(browser, artifact, ["send-mail-progress"], artifacts / "progress-page.png")
+
+        reopen()
+        moving = wait_for_percent(browser, lambda v: 0 < v < 100, "between 0 and 100",
+                                  artifacts / "progress-moving.png", reopen)
+        assert moving == 100 * allowed // mails, f"{moving}% shown, {allowed} of {mails} sent"
+        server.handler.allowed = mails
+        output, _ = run.communicate(timeout=RUN_TIMEOUT)
+        assert run.returncode == 0, output[-3000:]
+        assert len(server.handler.messages) == mails
+        reopen()
+        wait_for_percent(browser, lambda v: v == 100, "of 100", artifacts / "progress-done.png",
+                         reopen)
+    finally:
+        server.handler.allowed = mails
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        server.stop()
+
+
+def progress_artifact(up: Up, flow_run: dict) -> str:
+    """The id of the flow run's progress artifact."""
+    found = httpx.post(f"{up.api}/artifacts/filter", timeout=30, json={"artifacts": {
+        "flow_run_id": {"any_": [flow_run["id"]]}, "type": {"any_": ["progress"]}}}).json()
+    assert len(found) == 1, found
+    return found[0]["id"]
+
+
+def wait_for_flow_run(up: Up, database_url: str) -> dict:
+    """The send-mail flow run that works on `database_url`, once the server knows it."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        runs = httpx.post(f"{up.api}/flow_runs/filter", timeout=30, json={
+            "flows": {"name": {"any_": ["send-mail"]}}, "limit": 50}).json()
+        mine = [r for r in runs if r["parameters"].get("database_url") == database_url]
+        if mine:
+            return mine[0]
+        time.sleep(1)
+    raise AssertionError(f"no send-mail flow run for {database_url} after {RUN_TIMEOUT} s")

@@ -35,6 +35,7 @@ BAD = [
     ("OPSFLOW_JOB_SLOTS", "abc"),
     ("OPSFLOW_LICENSE_WARNING_DAYS", "soon"),
     ("OPSFLOW_PREFECT_PORT", "99999"),
+    ("OPSFLOW_DEMO_SMTP_PORT", "70000"),
     ("OPSFLOW_DATABASE_URL", "mysql://x"),
 ]
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import httpx
@@ -145,6 +146,7 @@ def test_up_serves_every_deployment_refuses_a_second_and_stops_cleanly(
         "flows": {"name": {"any_": ["sync-folder"]}}}).json()
     assert runs and all(r["parameters"].get("mapping") == "demo-outbox" for r in runs)
 
+    demo_mail_reaches_the_sink(up, tmp_path / "data")
     run_readme_snippets(up)
 
     # The schedules are there: the server's scheduler has made the coming safety-net runs.
@@ -179,6 +181,29 @@ def test_up_serves_every_deployment_refuses_a_second_and_stops_cleanly(
     assert not [pid for pid in children if alive(pid)]
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", up.port)) != 0, "the port is free again"
+
+
+def demo_mail_reaches_the_sink(up: Up, data: Path) -> None:
+    """The demo block opsflow-smtp works out of the box: a mail queued in the record store is
+    sent by a send-mail run (woken by the work sensor) to the demo's sink, which keeps it as
+    an .eml file in data/demo-mail."""
+    from opsflow.mail.outbox import enqueue
+    from opsflow.store import session_scope
+
+    assert any("demo mail sink on 127.0.0.1:" in line for line in up.output), up.output
+    with session_scope(f"sqlite:///{data / 'opsflow.db'}") as session:
+        assert enqueue(session, [{"key": "test-up-demo-mail", "recipient": "someone@example.org",
+                                  "subject": "through the demo sink", "body": "hello\n"}]) == 1
+    sink = data / "demo-mail"
+    deadline = time.monotonic() + 240  # the sensor's poll, then a flow-run process start
+    while not list(sink.glob("*.eml")):
+        assert time.monotonic() < deadline, (
+            f"no .eml in {sink} 240 s after the mail was queued; opsflow up said: "
+            f"{''.join(up.output)[-2000:]}")
+        time.sleep(1)
+    [kept] = [message_from_bytes(f.read_bytes(), policy=policy.default)
+              for f in sink.glob("*.eml")]
+    assert kept["To"] == "someone@example.org" and kept["Subject"] == "through the demo sink"
 
 
 def readme_block(after: str, language: str) -> str:
