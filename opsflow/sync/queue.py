@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, text, update
@@ -96,6 +96,43 @@ def _intent_of(row: SyncAction) -> Intent:
     return Intent(row.kind, action.path, action.dest_path, row.is_dir, row.not_before)
 
 
+def _check_unsent(session: Session, mapping: str, intents: list[Intent]) -> list[Intent]:
+    """`intents` with the `source_unsent` mark kept only where the records agree: a drain
+    may have sent the file between its creation and its move (the first sync's scan, a
+    flush between an editor's write and rename). Then the move must take it off the target."""
+    sources = {i.path for i in intents if i.source_unsent}
+    if not sources:
+        return intents
+    maybe_sent = _maybe_on_target(session, mapping, sources)
+    return [replace(i, source_unsent=False) if i.source_unsent and i.path in maybe_sent
+            else i for i in intents]
+
+
+def _maybe_on_target(session: Session, mapping: str, files: set[str]) -> set[str]:
+    """Those of `files` whose last finished record may have left them on the target: any
+    but a move of the file away, or a delete of it that was applied (not skipped)."""
+    texts = sorted({stored(f)[0] or f for f in files})
+    last: dict[str, SyncAction] = {}
+    for start in range(0, len(texts), CHUNK):
+        chunk = texts[start:start + CHUNK]
+        for row in session.scalars(
+                select(SyncAction)
+                .where(SyncAction.mapping == mapping, SyncAction.status != ActionStatus.PENDING,
+                       or_(SyncAction.path.in_(chunk), SyncAction.dest_path.in_(chunk)))
+                .order_by(SyncAction.id)):
+            action = row.exact()
+            for name in {action.path, action.dest_path} & files:
+                last[name] = row
+    return {name for name, row in last.items() if not _took_off(row, name)}
+
+
+def _took_off(row: SyncAction, name: str) -> bool:
+    """Whether the finished `row` left no file `name` on the target."""
+    applied = row.status == ActionStatus.DONE and row.last_error is None  # not a skip
+    leaving = row.exact().path == name and not row.is_dir
+    return applied and leaving and row.kind in (ActionKind.MOVE, ActionKind.DELETE)
+
+
 def _row_values(mapping: str, intent: Intent, now: datetime) -> dict[str, object]:
     """The columns of a new row; a name that is not UTF-8 also keeps its bytes."""
     path, path_bytes = stored(intent.path)
@@ -122,10 +159,11 @@ def enqueue_in(session: Session, mapping: str, intents: Iterable[Intent],
         if intent.is_dir:
             folders.update(named)
     rows = _pending_touching(session, mapping, paths, folders)
+    intents = _check_unsent(session, mapping, intents)
     coalescer = Coalescer(
-        Entry(_intent_of(row), row_id=row.id,
-              locked=row.claimed_until is not None and row.claimed_until > now)
-        for row in rows)
+        (Entry(_intent_of(row), row_id=row.id,
+               locked=row.claimed_until is not None and row.claimed_until > now)
+         for row in rows), unsent_moves=True)
     for intent in intents:
         coalescer.add(intent)
     dropped = coalescer.dropped_rows
