@@ -54,6 +54,10 @@ EVENT_NAME = "opsflow.sync.queued"
 FLUSH_EVERY = 0.075  # seconds: the sensor's share of the sync latency
 MIN_EMIT_GAP = 0.25  # at most four wake-ups a second per mapping
 REWAKE_AFTER = 10.0  # a wake-up that started no drain is repeated after this long
+# Seconds the sensor remembers files created and names deleted (editor saves): long beside
+# an editor's write-and-rename, short beside the queue's records of what was sent.
+MEMORY = 600.0
+MEMORY_PATHS = 50_000  # ... unless it would hold more paths than this
 WATCHED = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent,
            FileMovedEvent, DirMovedEvent, DirDeletedEvent, DirCreatedEvent, FileAttribEvent]
 
@@ -187,8 +191,10 @@ class FolderSensor(FileSystemEventHandler):
         self._last_error_log = float("-inf")
         self._drain_seen = False
         self._closed_at: dict[str, float] = {}  # path -> monotonic time of its last close
-        self._fresh: set[str] = set()  # files created since the last flush (not queued yet)
-        self._gone: set[str] = set()  # files deleted since the last flush (maybe on target)
+        # Files seen created, with no delete of their name remembered (see _mark_unsent),
+        # and names seen deleted: path -> monotonic time, kept for MEMORY seconds.
+        self._born: dict[str, float] = {}
+        self._gone: dict[str, float] = {}
         self.events_seen = 0
         self.intents_flushed = 0
 
@@ -202,32 +208,37 @@ class FolderSensor(FileSystemEventHandler):
             return
         with self._lock:
             self.events_seen += 1
-            intents = self._unless_fresh(event, intents)
+            intents = self._mark_unsent(event, intents)
             for intent in intents:
                 if isinstance(event, FileClosedEvent) and intent.not_before is None:
                     intent = self._settle_if_rewritten(intent)
                 self._buffer.add(intent)
 
-    def _unless_fresh(self, event: FileSystemEvent, intents: list[Intent]) -> list[Intent]:
-        """Editor saves (write `.x.swp`, rename it over `x`): a file created and renamed
-        before the flush never reached the queue, so the target cannot have it. Its rename
-        is one send of the new name (settling like a rewrite), not a move plus a send."""
+    def _mark_unsent(self, event: FileSystemEvent, intents: list[Intent]) -> list[Intent]:
+        """Editor saves (write `.x.swp`, rename it over `x`): a file the sensor saw created,
+        with no delete of its name remembered, reached the target only if a drain sent it
+        since. Its move is marked `source_unsent`, and the queue, which knows what was sent,
+        makes it one send of the new name (settling like the file) instead of a move."""
+        now = time.monotonic()
         if isinstance(event, FileDeletedEvent):
-            self._gone.update(i.path for i in intents)
+            for intent in intents:
+                self._born.pop(intent.path, None)
+                self._gone[intent.path] = now  # its old version may still be on the target
             return intents
         if isinstance(event, FileCreatedEvent) and not event.is_synthetic:
-            # A name deleted in this window may still be on the target: not fresh.
-            self._fresh.update(i.path for i in intents
-                               if i.kind == SEND and i.path not in self._gone)
+            self._born.update((i.path, now) for i in intents
+                              if i.kind == SEND and i.path not in self._gone)
             return intents
-        if len(intents) == 1 and intents[0].kind == MOVE and not intents[0].is_dir \
-                and intents[0].path in self._fresh:
+        if len(intents) == 1 and intents[0].kind == MOVE and not intents[0].is_dir:
             move = intents[0]
             assert move.dest_path is not None
-            self._fresh.discard(move.path)
-            self._fresh.add(move.dest_path)
-            self._buffer.discard_send(move.path)
-            return [self._settle_if_rewritten(Intent(SEND, move.dest_path))]
+            unsent = self._born.pop(move.path, None) is not None
+            # The destination's old version (if any) stays on the target until overwritten:
+            # it is no unsent file after this, unless neither name ever was on the target.
+            if self._born.pop(move.dest_path, None) is not None and unsent:
+                self._born[move.dest_path] = now
+            if unsent:
+                return [replace(move, source_unsent=True)]
         return intents
 
     def _settle_if_rewritten(self, intent: Intent) -> Intent:
@@ -242,9 +253,15 @@ class FolderSensor(FileSystemEventHandler):
             seconds=self.settings.settle_seconds))
 
     def _forget_old_closes(self) -> None:
-        cutoff = time.monotonic() - self.settings.settle_seconds
+        now = time.monotonic()
+        cutoff = now - self.settings.settle_seconds
+        # A flood of creates and deletes is remembered for a shorter while: memory for the
+        # paths of the last seconds, not of the last minutes.
+        memory = MEMORY if len(self._born) + len(self._gone) <= MEMORY_PATHS else REWAKE_AFTER
         with self._lock:
             self._closed_at = {p: t for p, t in self._closed_at.items() if t >= cutoff}
+            self._born = {p: t for p, t in self._born.items() if t >= now - memory}
+            self._gone = {p: t for p, t in self._gone.items() if t >= now - memory}
 
     # --- flusher thread: one transaction per interval -------------------------------------
 
@@ -252,7 +269,6 @@ class FolderSensor(FileSystemEventHandler):
         """Write what arrived since the last flush; on failure keep it for the next one."""
         with self._lock:
             buffer, self._buffer = self._buffer, Coalescer()
-            self._fresh, self._gone = set(), set()
         intents = buffer.intents()
         if not intents:
             return 0
@@ -296,7 +312,7 @@ class FolderSensor(FileSystemEventHandler):
         next_check = time.monotonic() + REWAKE_AFTER
         while not self._stop.wait(self.flush_every):
             self.flush()
-            if len(self._closed_at) > 1000:
+            if len(self._closed_at) > 1000 or len(self._born) + len(self._gone) > MEMORY_PATHS:
                 self._forget_old_closes()
             if time.monotonic() >= next_check:
                 self._forget_old_closes()

@@ -8,7 +8,7 @@ it are skipped with a line saying why.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from sqlalchemy import text
 from opsflow import settings as settings_module
 from opsflow.records import Base
 from opsflow.store import get_engine, upgrade
+from opsflow.transports.base import Transport
 from tests.support.servers import PostgresDatabase, S3Endpoint, SmtpServer, Sshd
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -104,6 +105,20 @@ def sftp_root(sshd: Sshd, tmp_path: Path) -> Path:
     root = tmp_path / "remote"
     root.mkdir()
     return root
+
+
+@pytest.fixture(params=["local", "sftp"])
+def folder_target(request: pytest.FixtureRequest, tmp_path: Path
+                  ) -> tuple[Callable[[], Transport], Path]:
+    """(opener, remote folder) of a sync target whose files a test reads as a folder: a
+    local folder, or an SFTP server's (real sshd)."""
+    from tests.sync_support import local_opener, sftp_opener
+
+    if request.param == "local":
+        remote = tmp_path / "remote"
+        return local_opener(remote), remote
+    remote = request.getfixturevalue("sftp_root")
+    return sftp_opener(request.getfixturevalue("sshd"), remote), remote
 
 
 @pytest.fixture(scope="session")

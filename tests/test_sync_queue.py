@@ -204,13 +204,14 @@ def test_a_heartbeat_keeps_a_long_batch_leased(store_url: str) -> None:
     assert not drain_alive(store_url, "m")
 
 
-def test_names_that_are_not_utf8_are_refused_not_queued(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_names_that_are_not_utf8_are_synced_too(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from opsflow.sync.tree import MappingSettings
 
-    settings = MappingSettings(name="m", local_root=tmp_path)
+    settings = MappingSettings(name="m", local_root=tmp_path, exclude=("*.tmp",))
     odd = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
-    assert not settings.wants(odd)
+    assert settings.wants(odd)  # the queue keeps its bytes (tests/test_sync_non_utf8_names)
     assert settings.wants("café.txt")
+    assert not settings.wants(b"caf\xe9.tmp".decode("utf-8", "surrogateescape"))
 
 
 def test_sync_status_shows_counts_failures_and_the_drain(store_url: str) -> None:

@@ -19,7 +19,7 @@ from opsflow.sync.drain import RunReport, drain
 from opsflow.sync.tree import MappingSettings
 from opsflow.transports.base import Transport
 from sensors.folder import FolderSensor
-from tests.sync_support import local_opener, sftp_opener
+from tests.sync_support import local_opener
 
 SETTLE = 2.0  # the default settle_seconds
 
@@ -64,16 +64,6 @@ class Watched:
         assert not self.thread.is_alive(), "the drain did not end after its linger"
 
 
-@pytest.fixture(params=["local", "sftp"])
-def target(request: pytest.FixtureRequest, tmp_path: Path
-           ) -> tuple[Callable[[], Transport], Path]:
-    if request.param == "local":
-        remote = tmp_path / "remote"
-        return local_opener(remote), remote
-    remote = request.getfixturevalue("sftp_root")
-    return sftp_opener(request.getfixturevalue("sshd"), remote), remote
-
-
 @pytest.fixture
 def local(tmp_path: Path) -> Iterator[Path]:
     folder = tmp_path / "local"
@@ -86,8 +76,8 @@ def version(i: int) -> bytes:
 
 
 def test_a_file_rewritten_1000_times_in_3_s_is_sent_at_most_3_times_never_torn(
-        sqlite_url: str, local: Path, target) -> None:  # type: ignore[no-untyped-def]
-    opener, remote = target
+        sqlite_url: str, local: Path, folder_target) -> None:  # type: ignore[no-untyped-def]
+    opener, remote = folder_target
     seen: list[bytes] = []
     stop_watching = threading.Event()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from opsflow.names import quoted
 from opsflow.store import utcnow
 from opsflow.sync.actions import ActionStatus, SyncAction, SyncState
 from opsflow.sync.queue import dead_local_claimer
@@ -57,20 +58,25 @@ def status_lines(session: Session, mapping: str | None = None, failed: int = 20)
                 select(SyncAction).where(SyncAction.mapping == name,
                                          SyncAction.status == ActionStatus.FAILED)
                 .order_by(SyncAction.id.desc()).limit(failed)):
-            target = f" -> {row.dest_path}" if row.dest_path else ""
-            lines.append(f"  failed {row.kind} {row.path!r}{target}: {_reason(row)}")
+            lines.append(f"  failed {row.kind} {_names(row)}: {_reason(row)}")
         for row in session.scalars(
                 select(SyncAction).where(SyncAction.mapping == name,
                                          SyncAction.status == ActionStatus.PENDING,
                                          SyncAction.last_error.is_not(None),
                                          SyncAction.attempts > 0)
                 .order_by(SyncAction.id).limit(failed)):
-            target = f" -> {row.dest_path}" if row.dest_path else ""
             when = (f"next try in {max(0, int((row.not_before - now).total_seconds()))} s"
                     if row.not_before and row.not_before > now else "next try now")
-            lines.append(f"  retrying {row.kind} {row.path!r}{target} "
+            lines.append(f"  retrying {row.kind} {_names(row)} "
                          f"(tried {row.attempts}x, {when}): {_reason(row)}")
     return lines
+
+
+def _names(row: SyncAction) -> str:
+    """The action's path (and destination) as exact names, quoted."""
+    action = row.exact()
+    target = f" -> {quoted(action.dest_path)}" if action.dest_path else ""
+    return quoted(action.path) + target
 
 
 def _reason(row: SyncAction) -> str:

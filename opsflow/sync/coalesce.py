@@ -8,6 +8,8 @@ the coalesced queue to the target gives the same tree as replaying every event:
 - send then send = one send; delete then send = send; send then delete = delete;
 - a chain of moves is one move; a move of a path with a pending send is the move (which
   tolerates a missing source) plus a send of the new path;
+- a move of a file that never reached the target (an editor's swap file: `source_unsent`,
+  set by the sensor and checked by the queue against its records) is a send of the new path;
 - a directory move is one move of its prefix; pending work under the old prefix is rewritten
   to the new one and put after the move;
 - a directory delete drops pending sends and deletes under it.
@@ -36,6 +38,9 @@ class Intent:
     dest_path: str | None = None
     is_dir: bool = False
     not_before: datetime | None = None  # a send waits for the file to be quiet until then
+    # A move whose source the sensor saw created and no drain had sent (the queue checks its
+    # records before it believes it); never stored.
+    source_unsent: bool = False
 
 
 @dataclass
@@ -57,7 +62,10 @@ def rebase(path: str, old: str, new: str) -> str:
 class Coalescer:
     """An ordered set of pending entries to which intents are added under the rules above."""
 
-    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+    def __init__(self, entries: Iterable[Entry] = (), *, unsent_moves: bool = False) -> None:
+        """`unsent_moves`: whether a move marked `source_unsent` may become a send (the
+        queue, which checked the mark; the sensor's buffer keeps the move and its mark)."""
+        self.unsent_moves = unsent_moves
         self._seq = count()
         self._entries: dict[int, Entry] = {}
         self._by_path: dict[str, set[int]] = {}
@@ -111,14 +119,6 @@ class Coalescer:
         """Entries that are not yet rows, in the order they must be written."""
         return [entry for entry in self._entries.values() if entry.row_id is None]
 
-    def discard_send(self, path: str) -> None:
-        """Drop free pending sends of the file `path`: the sensor knows that it was created
-        and moved away before any of it was queued, so the target never had it."""
-        for key, entry in self._touching(path):
-            if (not entry.locked and entry.intent.kind == SEND and not entry.intent.is_dir
-                    and entry.intent.path == path):
-                self._drop(key)
-
     # --- the rules ------------------------------------------------------------------------
 
     def add(self, intent: Intent) -> None:
@@ -154,10 +154,15 @@ class Coalescer:
         for key, entry in sends_of_src:
             if not entry.locked:
                 self._drop(key)
-        origin = src
+        if intent.source_unsent and self.unsent_moves and not self._touching(src):
+            # Nothing of `src` is on the target or on its way there: nothing to move.
+            self._replace_file(Intent(SEND, dst, not_before=not_before))
+            return
+        origin, unsent = src, intent.source_unsent
         chain = self._chain_into(src, is_dir=False)
         if chain is not None:
-            origin = self._drop(chain).intent.path
+            first = self._drop(chain).intent
+            origin, unsent = first.path, first.source_unsent
         # The move overwrites whatever waited to be written at the destination.
         for key, entry in self._touching(dst):
             old = entry.intent
@@ -165,7 +170,7 @@ class Coalescer:
                     and old.path == dst):
                 self._drop(key)
         if origin != dst:
-            self._put(Entry(replace(intent, path=origin)))
+            self._put(Entry(replace(intent, path=origin, source_unsent=unsent)))
         if sends_of_src or origin == dst:
             # The source's new content never reached the target: send it under its new name.
             self._put(Entry(Intent(SEND, dst, not_before=not_before)))

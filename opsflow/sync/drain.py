@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from opsflow.claim import claimer_name
+from opsflow.names import shown
 from opsflow.store import utcnow
 from opsflow.sync import queue
 from opsflow.sync.engine import apply_batch, check_max_delete
@@ -112,8 +113,8 @@ class RunReport:
                 self.counts["failed"] -= 1  # failed earlier in this run, then went through
             self.counts[key if key in self.counts else "skipped"] += 1
             if outcome.status != "skipped" and len(self.rows) < TABLE_ROWS:
-                self.rows.append({"action": key, "path": outcome.path,
-                                  "to": outcome.dest_path or "",
+                self.rows.append({"action": key, "path": shown(outcome.path),
+                                  "to": shown(outcome.dest_path or ""),
                                   "detail": "" if done and outcome.kind == "send"
                                   else (outcome.detail or "")[:200]})
 

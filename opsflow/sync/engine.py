@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from opsflow.sync.actions import ActionKind
+from opsflow.names import quoted
+from opsflow.sync.actions import ActionKind, QueuedAction
 from opsflow.sync.queue import Outcome
 from opsflow.sync.tree import MappingSettings
 from opsflow.transports.base import (
@@ -46,13 +46,7 @@ class Action(Protocol):
     is_dir: bool
 
 
-@dataclass(frozen=True)
-class PlainAction:
-    id: int
-    kind: str
-    path: str
-    dest_path: str | None = None
-    is_dir: bool = False
+PlainAction = QueuedAction  # an action built by hand (scripts, tests)
 
 
 class MaxDeleteExceeded(TransportError):
@@ -68,8 +62,8 @@ def _outcome(action: Action, status: str, detail: str | None = None) -> Outcome:
 
 def _failed(action: Action, detail: str | None) -> Outcome:
     """A refused action: logged here, where the path and the target's reason are known."""
-    target = f" -> {action.dest_path!r}" if action.dest_path else ""
-    log.warning("not synced: %s %r%s: %s", action.kind, action.path, target, detail)
+    target = f" -> {quoted(action.dest_path)}" if action.dest_path else ""
+    log.warning("not synced: %s %s%s: %s", action.kind, quoted(action.path), target, detail)
     return _outcome(action, "failed", detail)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, text, update
@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
 from opsflow.dialect import insert_for
+from opsflow.names import stored
 from opsflow.store import session_scope, sessions, utcnow
-from opsflow.sync.actions import ActionKind, ActionStatus, SyncAction, SyncState
+from opsflow.sync.actions import ActionKind, ActionStatus, QueuedAction, SyncAction, SyncState
 from opsflow.sync.coalesce import Coalescer, Entry, Intent
 
 CHUNK = 400  # paths per IN (...) list; well under SQLite's bound-parameter limit
@@ -61,9 +62,12 @@ def _write_lock(session: Session) -> None:
 
 def _pending_touching(session: Session, mapping: str, paths: set[str], folders: set[str]
                       ) -> list[SyncAction]:
-    """Pending rows of `mapping` naming one of `paths`, or anything under one of `folders`."""
+    """Pending rows of `mapping` naming one of `paths`, or anything under one of `folders`
+    (matched on the stored text: a row more for a name that only looks alike)."""
     table = SyncAction.__table__
     conditions: list[ColumnElement[bool]] = []
+    paths = {stored(p)[0] or p for p in paths}
+    folders = {stored(f)[0] or f for f in folders}
     ordered = sorted(paths)
     for start in range(0, len(ordered), CHUNK):
         chunk = ordered[start:start + CHUNK]
@@ -86,6 +90,59 @@ def _pending_touching(session: Session, mapping: str, paths: set[str], folders: 
     return [rows[key] for key in sorted(rows)]
 
 
+def _intent_of(row: SyncAction) -> Intent:
+    """A pending row as the coalescer takes it: with its exact names."""
+    action = row.exact()
+    return Intent(row.kind, action.path, action.dest_path, row.is_dir, row.not_before)
+
+
+def _check_unsent(session: Session, mapping: str, intents: list[Intent]) -> list[Intent]:
+    """`intents` with the `source_unsent` mark kept only where the records agree: a drain
+    may have sent the file between its creation and its move (the first sync's scan, a
+    flush between an editor's write and rename). Then the move must take it off the target."""
+    sources = {i.path for i in intents if i.source_unsent}
+    if not sources:
+        return intents
+    maybe_sent = _maybe_on_target(session, mapping, sources)
+    return [replace(i, source_unsent=False) if i.source_unsent and i.path in maybe_sent
+            else i for i in intents]
+
+
+def _maybe_on_target(session: Session, mapping: str, files: set[str]) -> set[str]:
+    """Those of `files` whose last finished record may have left them on the target: any
+    but a move of the file away, or a delete of it that was applied (not skipped)."""
+    texts = sorted({stored(f)[0] or f for f in files})
+    last: dict[str, SyncAction] = {}
+    for start in range(0, len(texts), CHUNK):
+        chunk = texts[start:start + CHUNK]
+        for row in session.scalars(
+                select(SyncAction)
+                .where(SyncAction.mapping == mapping, SyncAction.status != ActionStatus.PENDING,
+                       or_(SyncAction.path.in_(chunk), SyncAction.dest_path.in_(chunk)))
+                .order_by(SyncAction.id)):
+            action = row.exact()
+            for name in {action.path, action.dest_path} & files:
+                last[name] = row
+    return {name for name, row in last.items() if not _took_off(row, name)}
+
+
+def _took_off(row: SyncAction, name: str) -> bool:
+    """Whether the finished `row` left no file `name` on the target."""
+    applied = row.status == ActionStatus.DONE and row.last_error is None  # not a skip
+    leaving = row.exact().path == name and not row.is_dir
+    return applied and leaving and row.kind in (ActionKind.MOVE, ActionKind.DELETE)
+
+
+def _row_values(mapping: str, intent: Intent, now: datetime) -> dict[str, object]:
+    """The columns of a new row; a name that is not UTF-8 also keeps its bytes."""
+    path, path_bytes = stored(intent.path)
+    dest_path, dest_path_bytes = stored(intent.dest_path)
+    return {"mapping": mapping, "kind": intent.kind, "path": path, "path_bytes": path_bytes,
+            "dest_path": dest_path, "dest_path_bytes": dest_path_bytes,
+            "is_dir": intent.is_dir, "not_before": intent.not_before,
+            "status": ActionStatus.PENDING, "attempts": 0, "created_at": now}
+
+
 def enqueue_in(session: Session, mapping: str, intents: Iterable[Intent],
                *, now: datetime | None = None) -> int:
     """Add `intents` to the queue of `mapping`, coalescing; returns how many rows it wrote."""
@@ -102,21 +159,17 @@ def enqueue_in(session: Session, mapping: str, intents: Iterable[Intent],
         if intent.is_dir:
             folders.update(named)
     rows = _pending_touching(session, mapping, paths, folders)
+    intents = _check_unsent(session, mapping, intents)
     coalescer = Coalescer(
-        Entry(Intent(row.kind, row.path, row.dest_path, row.is_dir, row.not_before),
-              row_id=row.id,
-              locked=row.claimed_until is not None and row.claimed_until > now)
-        for row in rows)
+        (Entry(_intent_of(row), row_id=row.id,
+               locked=row.claimed_until is not None and row.claimed_until > now)
+         for row in rows), unsent_moves=True)
     for intent in intents:
         coalescer.add(intent)
     dropped = coalescer.dropped_rows
     for start in range(0, len(dropped), CHUNK):
         session.execute(delete(SyncAction).where(SyncAction.id.in_(dropped[start:start + CHUNK])))
-    new = [{"mapping": mapping, "kind": e.intent.kind, "path": e.intent.path,
-            "dest_path": e.intent.dest_path, "is_dir": e.intent.is_dir,
-            "not_before": e.intent.not_before, "status": ActionStatus.PENDING,
-            "attempts": 0, "created_at": now}
-           for e in coalescer.new_entries()]
+    new = [_row_values(mapping, e.intent, now) for e in coalescer.new_entries()]
     if new:
         # One executemany; ids follow the list order (the apply order) on both databases.
         session.execute(insert(SyncAction), new)
@@ -149,16 +202,15 @@ def claim_actions(url: str, mapping: str, *, claimer: str, limit: int,
         return rows
 
 
-def claimed_rows(url: str, ids: Sequence[int], *, claimer: str) -> list[SyncAction]:
-    """The rows of `ids` still pending and leased to `claimer` (a retried batch reloads them)."""
+def claimed_rows(url: str, ids: Sequence[int], *, claimer: str) -> list[QueuedAction]:
+    """The actions of `ids` still pending and leased to `claimer`, with their exact names
+    (a retried batch reloads them)."""
     with session_scope(url) as session:
-        rows = list(session.scalars(
+        return [row.exact() for row in session.scalars(
             select(SyncAction)
             .where(SyncAction.id.in_(list(ids)), SyncAction.claimed_by == claimer,
                    SyncAction.status == ActionStatus.PENDING)
-            .order_by(SyncAction.id)))
-        session.expunge_all()
-        return rows
+            .order_by(SyncAction.id))]
 
 
 def record_outcomes(url: str, outcomes: Sequence[Outcome], *, claimer: str,
@@ -291,15 +343,14 @@ def has_due(url: str, mapping: str) -> bool:
             select(SyncAction.id).where(_due(mapping, utcnow())).limit(1)) is not None
 
 
-def pending_deletes(url: str, mapping: str) -> list[SyncAction]:
+def pending_deletes(url: str, mapping: str) -> list[QueuedAction]:
+    """Every pending delete of `mapping`, with exact names (counted against max_delete)."""
     with session_scope(url) as session:
-        rows = list(session.scalars(
+        return [row.exact() for row in session.scalars(
             select(SyncAction)
             .where(SyncAction.mapping == mapping, SyncAction.status == ActionStatus.PENDING,
                    SyncAction.kind == ActionKind.DELETE)
-            .order_by(SyncAction.id)))
-        session.expunge_all()
-        return rows
+            .order_by(SyncAction.id))]
 
 
 def purge_done(url: str, mapping: str, *, older_than: timedelta) -> int:

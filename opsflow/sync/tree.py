@@ -73,13 +73,8 @@ class PathFilter:
     def wants(self, rel: str) -> bool:
         """Whether the mapping syncs the relative path `rel`."""
         name = rel.rpartition("/")[2]
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            # Bytes that are not UTF-8 (decoded with surrogates) cannot be stored or named
-            # on S3; refusing them here keeps one odd name from blocking the queue.
-            log.warning("not synced: %r is not a UTF-8 name", rel)
-            return False
+        # A name that is not UTF-8 is synced too: the queue keeps its bytes, SFTP and local
+        # targets take them, and S3 refuses it per file (its keys are UTF-8).
         if is_temp_name(name):
             return False  # a transport's upload in flight (the folder may be someone's target)
         if self.include is not None and not self.include.match_file(rel):

@@ -29,6 +29,7 @@ from botocore.exceptions import (
 )
 from s3transfer.manager import TransferManager
 
+from opsflow.names import quoted
 from opsflow.transports.base import (
     CHANGED_WHILE_READ,
     MissingSource,
@@ -99,7 +100,7 @@ class S3Transport:
         try:
             key.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise PathRefused(f"S3 keys are UTF-8; {path!r} is not") from exc
+            raise PathRefused(f"S3 keys are UTF-8; {quoted(path)} is not") from exc
         return key
 
     def _guard(self, call, what: str):  # type: ignore[no-untyped-def]
