@@ -27,6 +27,7 @@ from deployments.up import stop_server, wait_until_healthy
 from tests.support.servers import PostgresDatabase, free_port
 
 PREFECT = [sys.executable, "-m", "prefect"]
+OPSFLOW = [str(Path(sys.executable).parent / "opsflow")]  # the venv's, as the README runs it
 SERVER_START_TIMEOUT = 240.0  # about 20 s on a quiet 2-core machine (migrations on PostgreSQL)
 SUBMITTING = re.compile(r"Worker '([^']+)' submitting flow run '([0-9a-f-]{36})'")
 # Two workers may both try a run; the server lets one have it and tells the other to abort.
@@ -74,6 +75,7 @@ class ScaleOut:
     port: int = field(default_factory=free_port)
     server: subprocess.Popen[bytes] | None = None
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    sensors: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -175,8 +177,31 @@ class ScaleOut:
         if process is not None:
             stop_group(process)
 
+    def start_work_sensor(self, timeout: float = 120.0) -> None:
+        """`opsflow sensors work` with the worker's PREFECT_API_URL and OPSFLOW_DATABASE_URL,
+        until it says it is ready (it then counts due work every 1.5 s)."""
+        name = "work-sensor"
+        process = self.sensors[name] = self._spawn(name, [*OPSFLOW, "sensors", "work"],
+                                                   self.env())
+        deadline = time.monotonic() + timeout
+        while "work sensor ready" not in tail(self._log(name), 200):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ScaleOutError(f"`opsflow sensors work` not ready after {timeout:.0f} s "
+                                    f"(exit code {process.poll()}):\n{tail(self._log(name))}")
+            time.sleep(0.3)
+
+    def stop_sensor(self, name: str = "work-sensor") -> None:
+        process = self.sensors.pop(name, None)
+        if process is not None:
+            stop_group(process)
+
+    def sensor_log(self, name: str = "work-sensor", lines: int = 40) -> str:
+        return f"--- {name}.log\n{tail(self._log(name), lines)}"
+
     def stop(self) -> None:
-        """Workers first (with their flow-run processes), then the server."""
+        """Sensors and workers first (with their flow-run processes), then the server."""
+        for name in list(self.sensors):
+            self.stop_sensor(name)
         for name in list(self.workers):
             self.stop_worker(name)
         if self.server is not None:
