@@ -1,7 +1,7 @@
 """What an idle `opsflow up` costs: CPU seconds of its whole process tree (the Prefect server,
 the runner, the sensors, every flow-run process) and the flow runs it starts over a window
 with no work at all, beside the floor: a plain Python loop asking the record store the same
-due-work questions every second (`sensors.work.WorkSensor.poll`, nothing emitted).
+due-work questions every second (each kind's `due_count` of `sensors.work.KINDS`).
 
     .venv/bin/python -m bench.idle [--minutes 10]
 
@@ -105,13 +105,14 @@ def measure_loop(minutes: float) -> dict[str, object]:
     """The floor: the same due-work queries every second in a bare loop, nothing else."""
     code = (
         "import sys, time\n"
-        "from opsflow.store import upgrade\n"
-        "from sensors.work import WorkSensor\n"
+        "from opsflow.store import session_scope, upgrade, utcnow\n"
+        "from sensors.work import KINDS\n"
         "url = sys.argv[1]; upgrade(url)\n"
-        "sensor = WorkSensor(url, emit=lambda *a: None)\n"
         "print('ready', flush=True)\n"
         "while True:\n"
-        "    sensor.poll(); time.sleep(1)\n"
+        "    with session_scope(url) as session:\n"
+        "        [kind.count(session, utcnow()) for kind in KINDS]\n"
+        "    time.sleep(1)\n"
     )
     with tempfile.TemporaryDirectory(prefix="opsflow-idle-loop-") as tmp:
         loop = subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{tmp}/records.db"],

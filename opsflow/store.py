@@ -85,8 +85,11 @@ def store_url(given: str | None = None) -> str:
     return given or get_settings().database_url
 
 
+@lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
-    """One engine per URL and process; a SQLite file's folder is created on first use."""
+    """One engine per URL and process, so that sessions share its connection pool (a new
+    engine per session costs a connection and its PRAGMAs every time); a SQLite file's folder
+    is created on first use."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -97,6 +100,42 @@ def get_engine(url: str) -> Engine:
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
     return create_engine(url, pool_pre_ping=True)
+
+
+class StoreChanges:
+    """Whether the record store may have changed since the last look, for microseconds.
+
+    SQLite's `PRAGMA data_version` moves whenever another connection commits; it is asked on
+    a connection of this watcher's own, opened on first use. Other stores cannot say, so for
+    them the answer is always "maybe" (True)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sqlite = make_url(url).get_backend_name() == "sqlite"
+        self._connection = None
+        self._version: int | None = None
+
+    def changed(self) -> bool:
+        if not self._sqlite:
+            return True
+        try:
+            if self._connection is None:
+                self._connection = get_engine(self.url).raw_connection()
+            cursor = self._connection.cursor()
+            (version,) = cursor.execute("PRAGMA data_version").fetchone()
+            cursor.close()
+        except Exception:  # noqa: BLE001 - busy or gone: say "maybe", open anew next time
+            self.close()
+            return True
+        changed, self._version = version != self._version, version
+        return changed
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
 
 
 def sessions(url: str) -> sessionmaker[Session]:

@@ -184,6 +184,7 @@ class FolderSensor(FileSystemEventHandler):
         self._buffer = Coalescer()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._arrived = threading.Event()  # something is buffered: the flusher wakes
         self._observer = Observer()
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
                                          name=f"sync-sensor-{settings.name}")
@@ -213,6 +214,8 @@ class FolderSensor(FileSystemEventHandler):
                 if isinstance(event, FileClosedEvent) and intent.not_before is None:
                     intent = self._settle_if_rewritten(intent)
                 self._buffer.add(intent)
+        if intents:
+            self._arrived.set()
 
     def _mark_unsent(self, event: FileSystemEvent, intents: list[Intent]) -> list[Intent]:
         """Editor saves (write `.x.swp`, rename it over `x`): a file the sensor saw created,
@@ -283,6 +286,7 @@ class FolderSensor(FileSystemEventHandler):
                 newer, self._buffer = self._buffer, Coalescer()
                 for intent in intents + newer.intents():
                     self._buffer.add(intent)
+            self._arrived.set()
             return 0
         self.intents_flushed += len(intents)
         self._wake(len(intents))
@@ -309,9 +313,16 @@ class FolderSensor(FileSystemEventHandler):
                         exc_info=True)
 
     def _flush_loop(self) -> None:
+        """Sleeps until something is buffered (an idle folder costs no wake-ups), gathers
+        what follows for `flush_every`, and writes it in one transaction."""
         next_check = time.monotonic() + REWAKE_AFTER
-        while not self._stop.wait(self.flush_every):
-            self.flush()
+        while True:
+            self._arrived.wait(max(0.0, next_check - time.monotonic()))
+            if self._stop.wait(self.flush_every):
+                break
+            if self._arrived.is_set():
+                self._arrived.clear()
+                self.flush()
             if len(self._closed_at) > 1000 or len(self._born) + len(self._gone) > MEMORY_PATHS:
                 self._forget_old_closes()
             if time.monotonic() >= next_check:
@@ -356,6 +367,7 @@ class FolderSensor(FileSystemEventHandler):
         self._observer.stop()
         self._observer.join(timeout=10)
         self._stop.set()
+        self._arrived.set()
         if self._flusher.is_alive():
             self._flusher.join(timeout=30)
 

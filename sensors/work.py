@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from opsflow.delivery import client, notify, packages, tips
 from opsflow.mail import outbox
-from opsflow.store import session_scope, utcnow
+from opsflow.store import StoreChanges, session_scope, utcnow
 from opsflow.transfer import states
 from opsflow.workorders import generate
 
@@ -37,6 +37,9 @@ log = logging.getLogger("opsflow.sensors.work")
 
 EVENT_NAME = "opsflow.work.due"
 POLL_SECONDS = 1.5  # the sensor's share of the pick-up latency
+# Work the clock makes due without a write (a retry's backoff that ends, a PM's date, a lease
+# that runs out) is counted at least this often; a write to the store is counted at once.
+CLOCK_SECONDS = 5.0
 REWAKE_SECONDS = 60.0
 
 Count = Callable[[Session, datetime], int]
@@ -121,13 +124,27 @@ class WorkSensor:
         self._poke = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="work-sensor")
         self._last_error_log = float("-inf")
+        self._changes = StoreChanges(database_url)
+        self._counts: dict[str, int] = {}
+        self._counted_at = float("-inf")
         self.wakes = 0
+        self.counted = 0  # rounds that asked the store (the others found nothing written)
+
+    def due(self) -> dict[str, int]:
+        """Each kind's due count: asked anew when the store was written to since the last round
+        or CLOCK_SECONDS have passed, else the last answer (an idle store costs one PRAGMA)."""
+        changed = self._changes.changed()
+        if changed or time.monotonic() - self._counted_at >= CLOCK_SECONDS:
+            now = utcnow()
+            with session_scope(self.url) as session:
+                self._counts = {kind.deployment: kind.count(session, now) for kind in self.kinds}
+            self._counted_at = time.monotonic()
+            self.counted += 1
+        return self._counts
 
     def poll(self) -> dict[str, int]:
-        """One round of count queries; emits for each deployment that should wake."""
-        now = utcnow()
-        with session_scope(self.url) as session:
-            counts = {kind.deployment: kind.count(session, now) for kind in self.kinds}
+        """One round: the due counts, and a wake for each deployment that should wake."""
+        counts = self.due()
         for kind in self.kinds:
             name, current = kind.deployment, counts[kind.deployment]
             since = time.monotonic() - self._last_emit[name]
@@ -170,6 +187,7 @@ class WorkSensor:
         self._poke.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        self._changes.close()
 
 
 def run_work_sensor(database_url: str) -> None:

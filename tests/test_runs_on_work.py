@@ -61,6 +61,29 @@ def test_the_work_sensor_emits_once_for_a_finalized_submission(store_url: str) -
     assert {kind.deployment for kind in KINDS} <= {d.name for d in DEPLOYMENTS}
 
 
+def test_the_work_sensor_asks_the_store_again_only_after_a_write_or_the_clock(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle store costs a PRAGMA a round, not eight counts; a commit is counted at once,
+    and work the clock makes due (no write) within CLOCK_SECONDS."""
+    import sensors.work as work
+
+    sensor = WorkSensor(store_url, emit=lambda name, due: None)
+    sensor.poll()
+    asked = sensor.counted
+    for _ in range(5):
+        sensor.poll()
+    assert sensor.counted == asked, "the store was asked again with nothing written"
+    with session_scope(store_url) as session:
+        receivers = seed.add_receivers(session, 1)
+        seed.add_submissions(session, 1, receivers)
+    assert sensor.poll()["create-tips"] == 1
+    assert sensor.counted == asked + 1
+    monkeypatch.setattr(work, "CLOCK_SECONDS", 0.0)
+    sensor.poll()
+    assert sensor.counted == asked + 2
+
+
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
     from opsflow.store import upgrade
