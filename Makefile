@@ -26,9 +26,12 @@ lint: $(STAMP)
 test: $(STAMP) system-packages lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# Every benchmark, one after the other (each prints its figures and the ratio to its peer).
+# Every benchmark, one after the other (each prints its figures and the ratio to its peer);
+# not the 30-minute soak (bench/soak.py), which is run on its own beside a test suite.
 bench: $(STAMP) system-packages
-	for script in bench/*.py; do $(VENV)/bin/python -m bench.$$(basename $$script .py) || exit 1; done
+	for script in bench/*.py; do name=$$(basename $$script .py); \
+	  case $$name in soak|running_up) continue;; esac; \
+	  $(VENV)/bin/python -m bench.$$name || exit 1; done
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

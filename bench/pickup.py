@@ -7,9 +7,9 @@ mail job runs every 10 s, so a mail waits 5 s on average and up to 10 s for the 
 
 Each item is written to the record store as an application would (opsflow.delivery.seed for
 a submission, outbox.enqueue for a mail); the latency is the moment aiosmtpd accepts the
-message minus the commit of the row. Nothing is scheduled in between: the work sensor's event
-and the deployments' triggers start the runs (create-tips -> notify-receivers -> send-mail
-for a submission; send-mail alone for a queued mail).
+message minus the commit of the row. Nothing is scheduled in between: the work sensor starts
+the runs in the `opsflow up` process (create-tips -> notify-receivers -> send-mail for a
+submission; send-mail alone for a queued mail).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ in the same run.
 
     .venv/bin/python -m bench.sync_latency [--files 50] [--gap 0.2]
 
-The bench starts a `prefect server start` of its own, saves the SyncMapping block (its
-target a loopback sshd), then starts `opsflow up` with PREFECT_API_URL naming that server, so
-that the sensor finds the mapping when it starts. Arrival is the rename of the complete file
+The bench starts the Prefect server as `opsflow up` starts its own (`deployments.local_server`,
+with the same settings), saves the SyncMapping block (its target a loopback sshd), then starts
+`opsflow up` with PREFECT_API_URL naming that server, so that the sensor finds the mapping
+when it starts. Arrival is the rename of the complete file
 into place on the server's folder, seen by an inotify watch in this process; each latency is
 arrival minus the moment `close()` returned. Before the 50 measured files one warm-up file
 shows what the very first file pays; the measured files come while the drain lingers. Then
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: E402
 from watchdog.observers import Observer  # noqa: E402
 
-from deployments.up import SERVER_DATABASE_TIMEOUT  # noqa: E402
+from deployments.up import QUIET_SERVICES, SERVER_DATABASE_TIMEOUT  # noqa: E402
 from tests.support.servers import Sshd, free_port  # noqa: E402
 
 MAPPING = "bench-latency"
@@ -131,11 +132,10 @@ def measure_opsflow(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[st
                PREFECT_SERVER_ANALYTICS_ENABLED="false",
                # the settings `opsflow up` gives its own local server (deployments/up.py)
                PREFECT_SERVER_DATABASE_TIMEOUT=SERVER_DATABASE_TIMEOUT,
-               PREFECT_SERVER_SERVICES_FOREMAN_ENABLED="false")
+               PREFECT_SERVER_SERVICES_FOREMAN_ENABLED="false", **QUIET_SERVICES)
     if args.poll is not None:
         env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(args.poll)
     python = sys.executable
-    prefect = str(Path(python).with_name("prefect"))
     logs = work / "logs"
     logs.mkdir()
     processes: list[subprocess.Popen[bytes]] = []
@@ -152,7 +152,10 @@ def measure_opsflow(work: Path, sshd: Sshd, args: argparse.Namespace) -> dict[st
     observer.schedule(arrivals, str(remote), recursive=True)
     observer.start()
     try:
-        start("server", [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)])
+        # the server as `opsflow up` starts its own (deployments/local_server.py): the blocks
+        # are saved on it before `opsflow up` starts, so it is started apart
+        start("server", [python, "-m", "deployments.local_server", "server", "start",
+                         "--host", "127.0.0.1", "--port", str(port)])
         wait_http(f"http://127.0.0.1:{port}/api/health", 180)
         common = ["--outbox", str(outbox), "--remote", str(remote), "--port", str(sshd.port),
                   "--user", sshd.user, "--key", str(sshd.client_key_path),

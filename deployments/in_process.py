@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("opsflow.up.in_process")
 
-# How long a run made by a schedule, a job or the UI's Run waits to start. Work that records
-# make due does not wait for this poll: the work sensor wakes its deployment directly.
+# How long a run made by a schedule, a job or the UI's Run waits to start (Prefect's runner
+# waits 10 s). Work that records make due does not wait for this poll: the work sensor wakes
+# its deployment directly.
 POLL_SECONDS = 5.0
 
 
@@ -92,18 +93,38 @@ class InProcessRuns:
         return True
 
     def due_runs(self, client: SyncPrefectClient) -> list[FlowRun]:
-        """Scheduled runs of our deployments whose time has come, oldest first."""
+        """Scheduled runs of our deployments whose time has come, oldest first.
+
+        A plain read: the Runner's endpoint for this also records the poll (a write and a
+        background task on the server each time), which only the first look needs."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterNextScheduledStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
         if not self._ids:
             return []
-        runs = client.get_scheduled_flow_runs_for_deployments(
-            list(self._ids.values()), scheduled_before=datetime.now(UTC), limit=50)
-        return sorted(runs, key=lambda run: run.next_scheduled_start_time or run.created)
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=list(self._ids.values())),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
+                    before_=datetime.now(UTC)),
+            ),
+            sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC, limit=50)
 
     def _poll_loop(self) -> None:
         from prefect import get_client
 
         # One client for the life of the poll: opening one costs more CPU than the query.
         with get_client(sync_client=True) as client:
+            # Polled once the Runner's way, so that the UI shows the deployments Ready.
+            client.get_scheduled_flow_runs_for_deployments(list(self._ids.values()), limit=1)
             self._poll_with(client)
 
     def _poll_with(self, client: SyncPrefectClient) -> None:

@@ -45,7 +45,7 @@ PR_SET_PDEATHSIG = 1
 # How often the runner asks the server for runs that are due. It serves only the deployments
 # that run in a process of their own (booklets, the provider's copies, ...), which take
 # seconds to start anyway; everything record-driven runs in this process, woken directly.
-RUNNER_POLL_SECONDS = 5.0
+RUNNER_POLL_SECONDS = 10.0  # Prefect's default
 # Flow-run processes the one `opsflow up` runs at once. The sync drain and the light
 # deployments run in this process, so a few are enough; more only make a 2-core machine and
 # the server's SQLite wait on each other (20 wedged it under load).
