@@ -169,6 +169,9 @@ class InProcessRuns:
             admitted = self._admit(flow_run)
             if admitted is not None:
                 execute(self.flows[name], admitted)
+        except StopInFlight:
+            log.info("in-process run %s of %s stopped: opsflow up is stopping", flow_run.name,
+                     name)
         except Exception:  # noqa: BLE001 - the run's own state and logs say what failed
             log.warning("in-process run %s of %s ended with an error", flow_run.name, name,
                         exc_info=True)
@@ -210,14 +213,24 @@ class InProcessRuns:
             time.sleep(0.2)
         return self.in_flight() == 0
 
-    def cancel_left(self, message: str) -> int:
-        """Mark the runs still going Cancelled before this process exits (its threads end with
-        it): their records keep their leases, which run out, and the next run takes them."""
+    def cancel_left(self, message: str, wait: float = 5.0) -> int:
+        """Stop the runs still going and mark them Cancelled before this process exits.
+
+        A thread cannot be killed, but it can be interrupted: each run's thread gets a
+        termination signal raised in it (as the engine gets SIGTERM in a process of its own),
+        ends within `wait` seconds at its next Python step, and its run is then marked
+        Cancelled (after the engine's own last word, so that it stays Cancelled). The records
+        it held keep their leases, which run out, and the next run takes them."""
         from prefect import get_client
         from prefect.states import Cancelled
 
         with self._lock:
-            left = list(self._threads)
+            left = dict(self._threads)
+        for thread in left.values():
+            interrupt(thread)
+        deadline = time.monotonic() + wait
+        for thread in left.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
         with get_client(sync_client=True) as client:
             for flow_run_id in left:
                 try:
@@ -226,6 +239,19 @@ class InProcessRuns:
                 except Exception:  # noqa: BLE001 - the server went first: nothing to mark
                     log.warning("could not mark run %s cancelled", flow_run_id, exc_info=True)
         return len(left)
+
+
+class StopInFlight(BaseException):
+    """Raised in an in-process run's thread when `opsflow up` stops before the run ends."""
+
+
+def interrupt(thread: threading.Thread) -> None:
+    """Raise StopInFlight in `thread` at its next Python step (CPython's async exception)."""
+    import ctypes
+
+    if thread.ident is not None and thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                   ctypes.py_object(StopInFlight))
 
 
 def runs_to_start(due: list[FlowRun]) -> tuple[list[FlowRun], list[FlowRun]]:
