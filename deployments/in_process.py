@@ -52,6 +52,8 @@ class InProcessRuns:
         self.flows = flows  # deployment name -> flow object, imported once here
         self.poll_seconds = poll_seconds
         self.on_finished = on_finished  # told the deployment's name when one of its runs ends
+        # Asked before a safety-net tick runs: does the work sensor know there is nothing due?
+        self.nothing_due: Callable[[str], bool] | None = None
         self._ids: dict[str, UUID] = {}
         self._names: dict[UUID, str] = {}
         self._threads: dict[UUID, threading.Thread] = {}  # flow run id -> its thread
@@ -139,12 +141,27 @@ class InProcessRuns:
                         break
                     with self._lock:
                         taken = flow_run.id in self._threads
-                    if not taken and flow_run.deployment_id in self._names:
-                        self._start(self._names[flow_run.deployment_id], flow_run)
+                    name = self._names.get(flow_run.deployment_id)  # type: ignore[arg-type]
+                    if taken or name is None:
+                        continue
+                    if flow_run.auto_scheduled and self.nothing_due and self.nothing_due(name):
+                        self._close_tick(client, flow_run)
+                    else:
+                        self._start(name, flow_run)
             except Exception:  # noqa: BLE001 - the server is busy or away: ask again
                 if time.monotonic() - last_error >= 60:
                     log.warning("cannot read the scheduled runs", exc_info=True)
                     last_error = time.monotonic()
+
+    @staticmethod
+    def _close_tick(client: SyncPrefectClient, flow_run: FlowRun) -> None:
+        """A safety-net tick whose work the work sensor of this process counted as none a
+        moment ago: Completed at once with that reason, without starting the run (the
+        sensor counts every few seconds and wakes the deployment when work comes due)."""
+        from prefect.states import Completed
+
+        client.set_flow_run_state(flow_run.id, Completed(
+            message="nothing due: the work sensor of this opsflow up counted none"), force=True)
 
     @staticmethod
     def _drop(runs: list[FlowRun]) -> None:

@@ -514,13 +514,15 @@ def _run_up(open_browser: bool) -> int:
 
 def start_work_sensor(database_url: str, in_process: Any) -> Callable[[], None] | None:
     """The work sensor (`sensors.work`): due work wakes its deployment in this process at once,
-    and a run that ends makes it count again (the next step's work may be due now)."""
+    a run that ends makes it count again (the next step's work may be due now), and a
+    safety-net tick of a deployment it counts no work for is closed without a run."""
     try:
         work = importlib.import_module("sensors.work")
     except ModuleNotFoundError:
         return None
     sensor = work.WorkSensor(database_url, emit=in_process.wake)
     in_process.on_finished = sensor.poke
+    in_process.nothing_due = sensor.knows_nothing_due
     return sensor.start().stop
 
 

@@ -142,6 +142,13 @@ class WorkSensor:
             self.counted += 1
         return self._counts
 
+    def knows_nothing_due(self, deployment: str) -> bool:
+        """True if this sensor's fresh count (at most three clock intervals old) of the
+        deployment's work is 0: a safety-net run of it would find nothing to do. False for
+        what the sensor does not count, and once its counts go stale (the sensor stopped)."""
+        fresh = time.monotonic() - self._counted_at <= 3 * CLOCK_SECONDS
+        return fresh and self._counts.get(deployment, -1) == 0
+
     def poll(self) -> dict[str, int]:
         """One round: the due counts, and a wake for each deployment that should wake."""
         counts = self.due()

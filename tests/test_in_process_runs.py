@@ -79,3 +79,44 @@ def test_a_wake_refused_while_the_last_run_goes_is_asked_again(store_url: str) -
         sensor.poll()
     assert asked == ["create-tips"] * 3
     assert sensor.wakes == 1
+
+
+def test_a_safety_net_tick_is_closed_only_while_the_sensor_counts_none(store_url: str) -> None:
+    """`InProcessRuns` closes a safety-net tick without a run when the work sensor's fresh
+    count of its work is 0; work due, a kind the sensor does not count, or stale counts (the
+    sensor stopped) let the tick run."""
+    sensor = WorkSensor(store_url, emit=lambda name, due: True)
+    assert not sensor.knows_nothing_due("send-mail"), "nothing counted yet"
+    sensor.poll()
+    assert sensor.knows_nothing_due("send-mail")
+    assert not sensor.knows_nothing_due("record-statistics"), "not a kind it counts"
+    with session_scope(store_url) as session:
+        receivers = seed.add_receivers(session, 1)
+        seed.add_submissions(session, 1, receivers)
+    sensor.poll()
+    assert not sensor.knows_nothing_due("create-tips")
+    assert sensor.knows_nothing_due("send-mail")
+    sensor._counted_at -= 60  # the sensor stopped counting a minute ago
+    assert not sensor.knows_nothing_due("send-mail")
+
+
+def test_a_closed_tick_ends_completed_with_its_reason_and_never_starts(
+    prefect_harness: None,
+) -> None:
+    from prefect import flow, get_client
+
+    from deployments.in_process import InProcessRuns
+
+    @flow(name="opsflow-tick-probe")
+    def probe() -> None:
+        raise AssertionError("a closed tick must not run")
+
+    deployment_id = probe.to_deployment(name="tick-probe").apply()
+    with get_client(sync_client=True) as client:
+        tick = client.create_flow_run_from_deployment(deployment_id)
+        InProcessRuns._close_tick(client, tick)
+        closed = client.read_flow_run(tick.id)
+        history = [state.type.value for state in client.read_flow_run_states(tick.id)]
+    assert closed.state is not None and closed.state.is_completed()
+    assert "counted none" in (closed.state.message or "")
+    assert history == ["SCHEDULED", "COMPLETED"], history  # never Pending nor Running
