@@ -125,8 +125,13 @@ class InProcessRuns:
 
         # One client for the life of the poll: opening one costs more CPU than the query.
         with get_client(sync_client=True) as client:
-            # Polled once the Runner's way, so that the UI shows the deployments Ready.
-            client.get_scheduled_flow_runs_for_deployments(list(self._ids.values()), limit=1)
+            # Polled once the Runner's way, so that the UI shows the deployments Ready. A
+            # busy server here must not end the poll: it only delays the Ready mark.
+            try:
+                client.get_scheduled_flow_runs_for_deployments(list(self._ids.values()),
+                                                               limit=1)
+            except Exception:  # noqa: BLE001
+                log.warning("could not mark the in-process deployments Ready", exc_info=True)
             self._poll_with(client)
 
     def _poll_with(self, client: SyncPrefectClient) -> None:
