@@ -9,11 +9,15 @@ changes is only where the engine runs it:
 
 - `wake(name)`, called by the work sensor the moment a deployment's work is due, creates the
   run and starts it at once (no event, no trigger, no poll in between);
-- a poll every few seconds takes the deployments' scheduled runs that are due (safety nets,
-  sweeps, the UI's *Run*, submitted jobs) and starts them the same way.
+- a look at the deployments' scheduled runs starts those that are due (safety nets, sweeps,
+  the UI's *Run*, submitted jobs) the same way. It looks when the server's event stream says a
+  run was scheduled, when the next scheduled run it knows of comes due, and once a minute
+  besides: an idle `opsflow up` asks the server nothing for minutes (each read of the runs
+  costs the local server about 15 ms of CPU; the Runner's own poll twice that, since it writes).
 
 Runs that want a process of their own (the booklet, the provider's copies, runs with other
-parameters side by side) stay with the Runner. A run here proposes Pending first, as the
+parameters side by side) stay with the Runner; the same look tells it when one of its runs is
+due (`watch_runner`), so that its own poll can be rare. A run here proposes Pending first, as the
 Runner does, so the server's deployment concurrency limit (CANCEL_NEW) decides whether it may
 start; `wake` does not even ask while the deployment's last run is still going.
 """
@@ -27,7 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -38,10 +42,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("opsflow.up.in_process")
 
-# How long a run made by a schedule, a job or the UI's Run waits to start (Prefect's runner
-# waits 10 s). Work that records make due does not wait for this poll: the work sensor wakes
-# its deployment directly.
-POLL_SECONDS = 5.0
+# The longest the look at scheduled runs sleeps. It matters only if the server's event stream
+# is away: a run somebody schedules wakes it at once, and a schedule's tick when it comes due.
+# Work that records make due does not wait for it either: the work sensor wakes its
+# deployment directly.
+POLL_SECONDS = 60.0
+# After a failed look (the server busy or away), the next one.
+RETRY_SECONDS = 5.0
+LOOK_LIMIT = 50  # runs read per look
+# A second look this long after news: what the first could not see yet.
+FOLLOW_UP_SECONDS = 1.0
+# The event that says a flow run was scheduled, by whoever: the UI's Run, a job, a schedule.
+SCHEDULED_EVENT = "prefect.flow-run.Scheduled"
 
 
 class InProcessRuns:
@@ -56,12 +68,18 @@ class InProcessRuns:
         self.nothing_due: Callable[[str], bool] | None = None
         self._ids: dict[str, UUID] = {}
         self._names: dict[UUID, str] = {}
+        self.looks = 0  # reads of the scheduled runs so far
+        self._runner_ids: set[UUID] = set()
+        self._poke_runner: Callable[[], None] = lambda: None
         self._threads: dict[UUID, threading.Thread] = {}  # flow run id -> its thread
         self._running: dict[str, int] = {}  # deployment name -> runs in flight
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._news = threading.Event()  # look now: a run was scheduled, or we are stopping
         self._poller = threading.Thread(target=self._poll_loop, daemon=True,
                                         name="in-process-runs")
+        self._listener = threading.Thread(target=self._listen, daemon=True,
+                                          name="in-process-runs-news")
         self._tags = [f"pid:{os.getpid()}"]
 
     # --- set-up --------------------------------------------------------------------------------
@@ -72,7 +90,14 @@ class InProcessRuns:
         self._names = {id_: name for name, id_ in self._ids.items()}
         return self
 
+    def watch_runner(self, deployment_ids: list[UUID], poke: Callable[[], None]) -> None:
+        """Look out for the Runner's deployments too, and `poke` it when one of their runs is
+        due: the Runner then needs to poll only now and then."""
+        self._runner_ids = set(deployment_ids)
+        self._poke_runner = poke
+
     def start(self) -> InProcessRuns:
+        self._listener.start()
         self._poller.start()
         return self
 
@@ -94,8 +119,8 @@ class InProcessRuns:
         self._start(name, flow_run)
         return True
 
-    def due_runs(self, client: SyncPrefectClient) -> list[FlowRun]:
-        """Scheduled runs of our deployments whose time has come, oldest first.
+    def scheduled_runs(self, client: SyncPrefectClient, before: datetime) -> list[FlowRun]:
+        """Scheduled runs of the watched deployments that start before `before`, oldest first.
 
         A plain read: the Runner's endpoint for this also records the poll (a write and a
         background task on the server each time), which only the first look needs."""
@@ -109,16 +134,16 @@ class InProcessRuns:
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
 
-        if not self._ids:
+        watched = [*self._ids.values(), *self._runner_ids]
+        if not watched:
             return []
         return client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                deployment_id=FlowRunFilterDeploymentId(any_=list(self._ids.values())),
+                deployment_id=FlowRunFilterDeploymentId(any_=watched),
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
-                    before_=datetime.now(UTC)),
+                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=before),
             ),
-            sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC, limit=50)
+            sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC, limit=LOOK_LIMIT)
 
     def _poll_loop(self) -> None:
         from prefect import get_client
@@ -136,27 +161,74 @@ class InProcessRuns:
 
     def _poll_with(self, client: SyncPrefectClient) -> None:
         last_error = float("-inf")
-        while not self._stopping.wait(self.poll_seconds):
+        wait = 0.0
+        while not self._stopping.is_set():
+            news = self._news.wait(wait)
+            self._news.clear()
+            if self._stopping.is_set():
+                break
             try:
-                start, drop = runs_to_start(self.due_runs(client))
-                if drop:
-                    self._drop(drop)
-                for flow_run in start:
-                    if self._stopping.is_set():
-                        break
-                    with self._lock:
-                        taken = flow_run.id in self._threads
-                    name = self._names.get(flow_run.deployment_id)  # type: ignore[arg-type]
-                    if taken or name is None:
-                        continue
-                    if flow_run.auto_scheduled and self.nothing_due and self.nothing_due(name):
-                        self._close_tick(client, flow_run)
-                    else:
-                        self._start(name, flow_run)
+                wait = self.look(client)
+                if news:  # the server may announce a run before its transaction commits
+                    wait = min(wait, FOLLOW_UP_SECONDS)
             except Exception:  # noqa: BLE001 - the server is busy or away: ask again
+                wait = RETRY_SECONDS
                 if time.monotonic() - last_error >= 60:
                     log.warning("cannot read the scheduled runs", exc_info=True)
                     last_error = time.monotonic()
+
+    def look(self, client: SyncPrefectClient) -> float:
+        """Start the watched deployments' runs that are due; the seconds until the next one
+        that this look saw scheduled (at most `poll_seconds`)."""
+        now = datetime.now(UTC)
+        upcoming = self.scheduled_runs(client, now + timedelta(seconds=self.poll_seconds))
+        self.looks += 1
+        due = [run for run in upcoming if starts_by(run, now)]
+        if any(run.deployment_id in self._runner_ids for run in due):
+            self._poke_runner()
+        start, drop = runs_to_start([run for run in due if run.deployment_id in self._names])
+        if drop:
+            self._drop(drop)
+        for flow_run in start:
+            if self._stopping.is_set():
+                break
+            with self._lock:
+                taken = flow_run.id in self._threads
+            name = self._names[flow_run.deployment_id]  # type: ignore[index]
+            if taken:
+                continue
+            if flow_run.auto_scheduled and self.nothing_due and self.nothing_due(name):
+                self._close_tick(client, flow_run)
+            else:
+                self._start(name, flow_run)
+        if len(upcoming) == LOOK_LIMIT and len(due) == LOOK_LIMIT:
+            return RETRY_SECONDS  # more are due than one look reads
+        later = [(run.next_scheduled_start_time - now).total_seconds() for run in upcoming
+                 if not starts_by(run, now) and run.next_scheduled_start_time is not None]
+        return min([*later, self.poll_seconds])
+
+    def _listen(self) -> None:
+        """Wake the look whenever the server says a flow run was scheduled, over its event
+        stream (a websocket that costs nothing while nothing happens). If the stream breaks,
+        it is opened again; meanwhile the look still comes once a minute."""
+        while not self._stopping.is_set():
+            try:
+                asyncio.run(self._listen_once())
+            except Exception:  # noqa: BLE001 - the server is away or restarting
+                log.debug("the event stream broke; opening it again", exc_info=True)
+            self._stopping.wait(RETRY_SECONDS)
+
+    async def _listen_once(self) -> None:
+        from prefect.events.clients import get_events_subscriber
+        from prefect.events.filters import EventFilter, EventNameFilter
+
+        news = EventFilter(event=EventNameFilter(name=[SCHEDULED_EVENT]))
+        async with get_events_subscriber(filter=news) as events:
+            self._news.set()  # what was scheduled before we listened
+            async for _event in events:
+                if self._stopping.is_set():
+                    return
+                self._news.set()
 
     @staticmethod
     def _close_tick(client: SyncPrefectClient, flow_run: FlowRun) -> None:
@@ -223,6 +295,7 @@ class InProcessRuns:
     def stop_taking(self) -> None:
         """Start nothing new from now on (wakes refused, the poll ends)."""
         self._stopping.set()
+        self._news.set()
 
     def in_flight(self) -> int:
         with self._lock:
@@ -289,6 +362,11 @@ def runs_to_start(due: list[FlowRun]) -> tuple[list[FlowRun], list[FlowRun]]:
     start = [run for run in due if not run.auto_scheduled or newest[run.deployment_id] is run]
     drop = [run for run in due if run.auto_scheduled and newest[run.deployment_id] is not run]
     return start, drop
+
+
+def starts_by(flow_run: FlowRun, moment: datetime) -> bool:
+    start = flow_run.next_scheduled_start_time
+    return start is None or start <= moment
 
 
 def execute(flow: Flow[..., Any], flow_run: FlowRun) -> Any:

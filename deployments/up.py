@@ -17,6 +17,7 @@ import ctypes
 import fcntl
 import importlib
 import inspect
+import logging
 import os
 import pkgutil
 import shutil
@@ -38,14 +39,17 @@ from urllib.request import urlopen
 from deployments.mail_sink import start_demo_sink
 from opsflow.settings import SettingsError, get_settings
 
+log = logging.getLogger("opsflow.up")
+
 LOCK_NAME = "opsflow-up.lock"
 SERVER_START_TIMEOUT = 180.0  # seconds; about 15 s on a quiet 2-core machine
 SERVER_STOP_TIMEOUT = 20.0
 PR_SET_PDEATHSIG = 1
-# How often the runner asks the server for runs that are due. It serves only the deployments
-# that run in a process of their own (booklets, the provider's copies, ...), which take
-# seconds to start anyway; everything record-driven runs in this process, woken directly.
-RUNNER_POLL_SECONDS = 10.0  # Prefect's default
+# How often the runner asks the server for runs that are due on its own. It serves only the
+# deployments that run in a process of their own (booklets, the provider's copies, ...); the
+# in-process look, woken by the server's event stream, pokes it as soon as one of their runs is
+# due, so its own poll (a write on the server each time) is only the fallback.
+RUNNER_POLL_SECONDS = 60.0  # Prefect: 10
 # Flow-run processes the one `opsflow up` runs at once. The sync drain and the light
 # deployments run in this process, so a few are enough; more only make a 2-core machine and
 # the server's SQLite wait on each other (20 wedged it under load).
@@ -381,14 +385,23 @@ async def serve_until_stopped(deployments: list[Any], here: list[Any], in_proces
 
     runner = Runner(name="opsflow-up", query_seconds=RUNNER_POLL_SECONDS,
                     limit=RUNNER_PROCESS_LIMIT)
-    for deployment in deployments:
-        await runner.aadd_deployment(deployment)
+    runner_ids = [await runner.aadd_deployment(deployment) for deployment in deployments]
     in_process.bind({deployment.name: await deployment.aapply() for deployment in here})
+    loop = asyncio.get_running_loop()
+
+    async def submit_due() -> None:
+        try:
+            if runner.started and hasattr(runner, "_scheduled_run_poller"):
+                await runner._get_and_submit_flow_runs()
+        except Exception:  # noqa: BLE001 - its own poll takes the run a little later
+            log.warning("could not hand the runner its due runs", exc_info=True)
+
+    in_process.watch_runner(runner_ids, lambda: asyncio.run_coroutine_threadsafe(submit_due(),
+                                                                                 loop))
     in_process.start()
     stop = asyncio.Event()
     serving = asyncio.create_task(runner.start())
     await asyncio.sleep(0)  # runner.start() has run up to its first await: its handler is set
-    loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     signals.on_request(lambda: loop.call_soon_threadsafe(stop.set))
     on_ready()

@@ -4,9 +4,13 @@ dropped, and how the work sensor asks again when a deployment's last run is stil
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect.client.schemas.objects import FlowRun
@@ -120,3 +124,136 @@ def test_a_closed_tick_ends_completed_with_its_reason_and_never_starts(
     assert closed.state is not None and closed.state.is_completed()
     assert "counted none" in (closed.state.message or "")
     assert history == ["SCHEDULED", "COMPLETED"], history  # never Pending nor Running
+
+
+# --- when the in-process runs look for scheduled runs -------------------------------------------
+
+def wait_for(what: str, done: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def looking(prefect_harness: None) -> Iterator[Callable[..., Any]]:
+    """`InProcessRuns` of one probe deployment whose poll would sleep 10 minutes: whatever
+    starts in a test's time was started by the server's news or by a known start time."""
+    from prefect import flow
+
+    from deployments.in_process import InProcessRuns
+
+    made: list[InProcessRuns] = []
+
+    def make(ran: threading.Event, runner_poke: Callable[[], None] | None = None
+             ) -> tuple[InProcessRuns, uuid.UUID, uuid.UUID]:
+        @flow(name="opsflow-look-probe")
+        def probe() -> None:
+            ran.set()
+
+        mine = probe.to_deployment(name=f"look-probe-{uuid.uuid4().hex[:8]}").apply()
+        theirs = probe.to_deployment(name=f"runner-probe-{uuid.uuid4().hex[:8]}").apply()
+        runs = InProcessRuns({"probe": probe}, poll_seconds=600).bind({"probe": mine})
+        runs.watch_runner([theirs], runner_poke or (lambda: None))
+        made.append(runs.start())
+        # its first look, the look on connecting to the event stream, and their follow-ups
+        wait_for("the first looks", lambda: runs.looks >= 1)
+        time.sleep(2.5)
+        return runs, mine, theirs
+
+    yield make
+    for runs in made:
+        runs.stop_taking()
+
+
+def test_a_run_asked_for_starts_on_the_servers_news_not_a_poll(
+    looking: Callable[..., Any],
+) -> None:
+    """The UI's Run (a flow run created Scheduled for now) starts at once: the server's event
+    stream wakes the look, where the fallback poll would wait ten minutes."""
+    from prefect import get_client
+
+    ran = threading.Event()
+    runs, mine, _ = looking(ran)
+    looks = runs.looks
+    with get_client(sync_client=True) as client:
+        asked = client.create_flow_run_from_deployment(mine)
+    wait_for("the asked-for run to run in this process", ran.is_set)
+    assert runs.looks > looks
+    wait_for("the run to end Completed", lambda: _state(asked.id) == "COMPLETED")
+
+
+def test_a_due_run_of_the_runners_deployments_pokes_the_runner(
+    looking: Callable[..., Any],
+) -> None:
+    """A due run of a deployment the Runner serves is not started here; the Runner is told
+    at once, so that its own poll can be rare."""
+    from prefect import get_client
+
+    ran, poked = threading.Event(), threading.Event()
+    _, _, theirs = looking(ran, poked.set)
+    with get_client(sync_client=True) as client:
+        asked = client.create_flow_run_from_deployment(theirs)
+    wait_for("the Runner to be poked", poked.is_set)
+    assert not ran.is_set() and _state(asked.id) == "SCHEDULED"
+
+
+def test_the_look_sleeps_until_the_next_scheduled_run(looking: Callable[..., Any]) -> None:
+    """A run scheduled 40 s ahead is not started, and the next look comes when it is due."""
+    from prefect import get_client
+    from prefect.states import Scheduled
+
+    ran = threading.Event()
+    runs, mine, _ = looking(ran)
+    with get_client(sync_client=True) as client:
+        client.create_flow_run_from_deployment(
+            mine, state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(seconds=40)))
+        wait = runs.look(client)
+    assert 30 < wait <= 40, wait
+    assert not ran.is_set()
+
+
+def _state(flow_run_id: uuid.UUID) -> str:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    return state.type.value if state else "NONE"
+
+
+# --- the local server's quieter in-memory Redis -------------------------------------------------
+
+def test_pubsub_reads_of_the_local_server_wait_at_least_a_second_per_look() -> None:
+    """burner_redis reads its pub/sub queue in threads of 0.1 s, and docket asks with 0.1 s
+    timeouts: the local server makes each look at least `PUBSUB_SLICE` long, and a message
+    that arrives is still handed over at once."""
+    import asyncio
+    import queue
+
+    from burner_redis import pubsub
+
+    from deployments import local_server
+
+    class Recorded(queue.Queue[Any]):
+        timeouts: list[float | None] = []
+
+        def get(self, block: bool = True, timeout: float | None = None) -> Any:
+            if block:
+                self.timeouts.append(timeout)
+            return super().get(block, timeout)
+
+    made = pubsub.PubSub._queue_get
+    local_server.coarser_pubsub_reads()
+    try:
+        reader = type("Reader", (), {"_queue": Recorded()})()
+        threading.Timer(0.2, reader._queue.put, args=({"type": "message"},)).start()
+        got = asyncio.run(pubsub.PubSub._queue_get(reader, None))
+        empty = asyncio.run(pubsub.PubSub._queue_get(reader, 0.1))
+        now = asyncio.run(pubsub.PubSub._queue_get(reader, 0.0))
+    finally:
+        pubsub.PubSub._queue_get = made
+    assert got == {"type": "message"}
+    assert empty is None and now is None
+    assert Recorded.timeouts and all(t is not None and t >= local_server.PUBSUB_SLICE
+                                     for t in Recorded.timeouts), Recorded.timeouts
