@@ -13,7 +13,9 @@ changes is only where the engine runs it:
   the UI's *Run*, submitted jobs) the same way. It looks when the server's event stream says a
   run was scheduled, when the next scheduled run it knows of comes due, and once a minute
   besides: an idle `opsflow up` asks the server nothing for minutes (each read of the runs
-  costs the local server about 15 ms of CPU; the Runner's own poll twice that, since it writes).
+  costs the local server about 15 ms of CPU; the Runner's own poll twice that, since it writes);
+- the same event stream says when somebody cancels one of these runs (the UI's *Cancel*): its
+  thread is interrupted and the run marked Cancelled.
 
 Runs that want a process of their own (the booklet, the provider's copies, runs with other
 parameters side by side) stay with the Runner; the same look tells it when one of its runs is
@@ -54,6 +56,8 @@ LOOK_LIMIT = 50  # runs read per look
 FOLLOW_UP_SECONDS = 1.0
 # The event that says a flow run was scheduled, by whoever: the UI's Run, a job, a schedule.
 SCHEDULED_EVENT = "prefect.flow-run.Scheduled"
+# The event of the UI's Cancel (or `prefect flow-run cancel`): stop that run's thread here.
+CANCELLING_EVENT = "prefect.flow-run.Cancelling"
 
 
 class InProcessRuns:
@@ -72,7 +76,7 @@ class InProcessRuns:
         self._runner_ids: set[UUID] = set()
         self._poke_runner: Callable[[], None] = lambda: None
         self._threads: dict[UUID, threading.Thread] = {}  # flow run id -> its thread
-        self._running: dict[str, int] = {}  # deployment name -> runs in flight
+        self._cancelled: set[UUID] = set()  # runs whose thread was stopped for a Cancel
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._news = threading.Event()  # look now: a run was scheduled, or we are stopping
@@ -105,7 +109,7 @@ class InProcessRuns:
 
     def busy(self, name: str) -> bool:
         with self._lock:
-            return self._running.get(name, 0) > 0
+            return any(thread.name == _thread_name(name) for thread in self._threads.values())
 
     def wake(self, name: str, due: int = 0) -> bool:
         """Create a run of deployment `name` and start it now; False if it was not started
@@ -208,9 +212,9 @@ class InProcessRuns:
         return min([*later, self.poll_seconds])
 
     def _listen(self) -> None:
-        """Wake the look whenever the server says a flow run was scheduled, over its event
-        stream (a websocket that costs nothing while nothing happens). If the stream breaks,
-        it is opened again; meanwhile the look still comes once a minute."""
+        """Follow the server's event stream (a websocket that costs nothing while nothing
+        happens): a run scheduled wakes the look, a run of ours being cancelled is stopped. If
+        the stream breaks it is opened again; meanwhile the look still comes once a minute."""
         while not self._stopping.is_set():
             try:
                 asyncio.run(self._listen_once())
@@ -222,13 +226,27 @@ class InProcessRuns:
         from prefect.events.clients import get_events_subscriber
         from prefect.events.filters import EventFilter, EventNameFilter
 
-        news = EventFilter(event=EventNameFilter(name=[SCHEDULED_EVENT]))
+        news = EventFilter(event=EventNameFilter(name=[SCHEDULED_EVENT, CANCELLING_EVENT]))
         async with get_events_subscriber(filter=news) as events:
             self._news.set()  # what was scheduled before we listened
-            async for _event in events:
+            async for event in events:
                 if self._stopping.is_set():
                     return
-                self._news.set()
+                if event.event == CANCELLING_EVENT:
+                    self.cancel(UUID(event.resource.id.rsplit(".", 1)[-1]))
+                else:
+                    self._news.set()
+
+    def cancel(self, flow_run_id: UUID) -> bool:
+        """Stop the thread of a run of ours that somebody cancelled (the UI's Cancel); it is
+        then marked Cancelled. False if the run is not running here."""
+        with self._lock:
+            thread = self._threads.get(flow_run_id)
+            if thread is None or flow_run_id in self._cancelled:
+                return False
+            self._cancelled.add(flow_run_id)
+            interrupt(thread)
+        return True
 
     @staticmethod
     def _close_tick(client: SyncPrefectClient, flow_run: FlowRun) -> None:
@@ -252,29 +270,50 @@ class InProcessRuns:
 
     def _start(self, name: str, flow_run: FlowRun) -> None:
         thread = threading.Thread(target=self._run, args=(name, flow_run), daemon=True,
-                                  name=f"run-{name}")
+                                  name=_thread_name(name))
         with self._lock:
             self._threads[flow_run.id] = thread
-            self._running[name] = self._running.get(name, 0) + 1
         thread.start()
 
     def _run(self, name: str, flow_run: FlowRun) -> None:
         try:
-            admitted = self._admit(flow_run)
-            if admitted is not None:
-                execute(self.flows[name], admitted)
-        except StopInFlight:
-            log.info("in-process run %s of %s stopped: opsflow up is stopping", flow_run.name,
-                     name)
-        except Exception:  # noqa: BLE001 - the run's own state and logs say what failed
-            log.warning("in-process run %s of %s ended with an error", flow_run.name, name,
-                        exc_info=True)
+            try:
+                admitted = self._admit(flow_run)
+                if admitted is not None:
+                    execute(self.flows[name], admitted)
+            except StopInFlight:
+                if flow_run.id in self._cancelled:
+                    self._mark_cancelled(flow_run)
+                else:
+                    log.info("in-process run %s of %s stopped: opsflow up is stopping",
+                             flow_run.name, name)
+            except Exception:  # noqa: BLE001 - the run's own state and logs say what failed
+                log.warning("in-process run %s of %s ended with an error", flow_run.name, name,
+                            exc_info=True)
+        except StopInFlight:  # an interrupt (at most one per run) that landed in a handler
+            pass
         finally:
-            with self._lock:
-                self._threads.pop(flow_run.id, None)
-                self._running[name] -= 1
+            for _ in range(2):  # a Cancel's interrupt may land here, as the run ends
+                try:
+                    with self._lock:  # `cancel` interrupts only while we are listed
+                        self._threads.pop(flow_run.id, None)
+                        self._cancelled.discard(flow_run.id)
+                    break
+                except StopInFlight:
+                    continue
             if self.on_finished is not None:
                 self.on_finished(name)
+
+    @staticmethod
+    def _mark_cancelled(flow_run: FlowRun) -> None:
+        """Cancelled, after the engine's own last word on the interrupted run (Crashed)."""
+        from prefect import get_client
+        from prefect.states import Cancelled
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, Cancelled(
+                message="cancelled: its thread in opsflow up was stopped"), force=True)
+        log.info("in-process run %s cancelled", flow_run.name)
 
     @staticmethod
     def _admit(flow_run: FlowRun) -> FlowRun | None:
@@ -362,6 +401,10 @@ def runs_to_start(due: list[FlowRun]) -> tuple[list[FlowRun], list[FlowRun]]:
     start = [run for run in due if not run.auto_scheduled or newest[run.deployment_id] is run]
     drop = [run for run in due if run.auto_scheduled and newest[run.deployment_id] is not run]
     return start, drop
+
+
+def _thread_name(deployment: str) -> str:
+    return f"run-{deployment}"
 
 
 def starts_by(flow_run: FlowRun, moment: datetime) -> bool:

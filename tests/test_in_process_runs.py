@@ -214,6 +214,42 @@ def test_the_look_sleeps_until_the_next_scheduled_run(looking: Callable[..., Any
     assert not ran.is_set()
 
 
+def test_the_uis_cancel_stops_an_in_process_run_and_marks_it_cancelled(
+    prefect_harness: None,
+) -> None:
+    """Cancel in the UI sets the run Cancelling; the server's event stream tells `opsflow up`,
+    which stops the run's thread (it does not run to its end) and marks the run Cancelled."""
+    from prefect import flow, get_client
+    from prefect.states import Cancelling
+
+    from deployments.in_process import InProcessRuns
+
+    started, finished = threading.Event(), threading.Event()
+
+    @flow(name="opsflow-cancel-probe")
+    def long_probe() -> None:
+        started.set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        finished.set()
+
+    mine = long_probe.to_deployment(name=f"cancel-probe-{uuid.uuid4().hex[:8]}").apply()
+    runs = InProcessRuns({"long": long_probe}, poll_seconds=600).bind({"long": mine}).start()
+    try:
+        wait_for("the first look", lambda: runs.looks >= 1)
+        with get_client(sync_client=True) as client:
+            asked = client.create_flow_run_from_deployment(mine)
+            wait_for("the run to start in this process", started.is_set)
+            client.set_flow_run_state(asked.id, Cancelling(message="cancelled in the UI"))
+        wait_for("the run's thread to stop", lambda: runs.in_flight() == 0)
+        wait_for("the run to end Cancelled", lambda: _state(asked.id) == "CANCELLED")
+        assert not finished.is_set(), "the run went on to its end"
+        assert not runs.busy("long")
+    finally:
+        runs.stop_taking()
+
+
 def _state(flow_run_id: uuid.UUID) -> str:
     from prefect import get_client
 
