@@ -1,7 +1,8 @@
 """How fast `opsflow up` picks up new work: a finalized submission -> its receiver's mail at an
 aiosmtpd server, a queued mail -> the SMTP server, and a PM that comes due -> its work order;
-p50 and p95 over items spaced out, so that each one finds `opsflow up` idle. The anchor is GlobaLeaks' notification cycle: its
-mail job runs every 10 s, so a mail waits 5 s on average and up to 10 s for the tick alone.
+p50 and p95 over items spaced out, so that each one finds `opsflow up` idle. The anchor is
+GlobaLeaks' notification cycle: its mail job runs every 10 s, so a mail waits 5 s on average
+and up to 10 s for the tick alone.
 
     .venv/bin/python -m bench.pickup [--items 50] [--gap 12]
 
@@ -89,6 +90,13 @@ def add_pm_coming_due(url: str, customer_id: int, i: int) -> tuple[int, datetime
         return pm.id, pm.generate_at
 
 
+def pm_latency(url: str, customer_id: int, i: int) -> float | None:
+    """Seconds from a new PM's generate date to its first work order; None if none came."""
+    pm_id, due_at = add_pm_coming_due(url, customer_id, i)
+    made = wait_work_order(url, pm_id, PM_LEAD + 120)
+    return None if made is None else (made - due_at).total_seconds()
+
+
 def wait_work_order(url: str, pm_id: int, timeout: float) -> datetime | None:
     """When the PM's first work order was made, or None if none came within `timeout`."""
     from sqlalchemy import select
@@ -139,12 +147,11 @@ def main() -> None:
                 for i in range(args.items):
                     for kind in results:
                         if kind == "PM coming due":
-                            pm_id, due_at = add_pm_coming_due(url, customer, i)
-                            made = wait_work_order(url, pm_id, PM_LEAD + 120)
-                            if made is None:
+                            latency = pm_latency(url, customer, i)
+                            if latency is None:
                                 missed[kind] += 1
                             else:
-                                results[kind].append((made - due_at).total_seconds())
+                                results[kind].append(latency)
                             time.sleep(args.gap)
                             continue
                         address = f"{kind.split()[1]}-{i}@pickup.example"
