@@ -27,11 +27,15 @@ from typing import Any
 from uuid import UUID
 
 from prefect import get_client
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_logger
 from prefect.settings import PREFECT_API_URL
 from prefect.utilities.urls import url_for
@@ -66,22 +70,38 @@ SLOT_LEASE_SECONDS = 60.0
 def ensure_job_limits(slots: int | None = None) -> int:
     """Create (or resize) the `opsflow-jobs` limit; `opsflow up` calls this on start-up.
 
-    Returns the number of slots, which is what an exclusive run occupies.
+    Returns the number of slots, which is what an exclusive run occupies. Safe to call from
+    many processes at once: Prefect's own upsert reads, then creates, so two first runs on
+    two workers both create and the second gets a 409; that one resizes instead.
     """
     wanted = slots if slots is not None else get_settings().job_slots
+    update = GlobalConcurrencyLimitUpdate(limit=wanted)
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(JOB_LIMIT, wanted)
+        try:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=JOB_LIMIT, limit=wanted))
+        except ObjectAlreadyExists:
+            client.update_global_concurrency_limit(JOB_LIMIT, update)
     return wanted
 
 
 def job_limit_slots() -> int:
-    """The slots of the job limit as the server has them, created if it is missing."""
+    """The slots of the job limit as the server has them, created if it is missing.
+
+    Runs that find it missing at once (the first runs on a fresh scale-out server) all get
+    the slots of whichever creation won, never a 409.
+    """
     with get_client(sync_client=True) as client:
         try:
             return client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit
         except ObjectNotFound:
             pass
-    return ensure_job_limits()
+        try:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=JOB_LIMIT, limit=get_settings().job_slots))
+        except ObjectAlreadyExists:
+            pass
+        return client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit
 
 
 def current_run_tags() -> list[str]:

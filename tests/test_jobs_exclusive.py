@@ -11,7 +11,7 @@ from prefect import flow, tags
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
-from flows.jobs import ensure_job_limits, job_slot
+from flows.jobs import ensure_job_limits, job_limit_slots, job_slot
 from opsflow.jobs import EXCLUSIVE_TAG, JOB_LIMIT
 
 HOLD = 1.5  # seconds each run keeps its slot(s)
@@ -75,6 +75,39 @@ def test_ensure_job_limits_creates_and_resizes_the_limit(job_limit: int) -> None
         assert ensure_job_limits(5) == 5
         assert client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit == 5
     ensure_job_limits(3)
+
+
+def first_runs_at_once(racers: int) -> list[object]:
+    """What `job_limit_slots` gives each of `racers` threads that ask at the same moment."""
+    start = threading.Barrier(racers)
+    results: list[object] = []
+
+    def first_run() -> None:
+        start.wait(timeout=30)
+        try:
+            results.append(job_limit_slots())
+        except Exception as error:  # noqa: BLE001 - the failure this test looks for
+            results.append(error)
+
+    threads = [threading.Thread(target=first_run) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_runs_that_find_the_limit_missing_at_once_all_get_it(job_limit: int) -> None:
+    """Two workers' first runs both found the limit missing and both created it; the loser's
+    409 failed its run (a scale-out CI run). Every one of them must get the slots instead."""
+    racers = 6
+    for _ in range(5):
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(JOB_LIMIT)
+        results = first_runs_at_once(racers)
+        with get_client(sync_client=True) as client:
+            slots = client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit
+        assert results == [slots] * racers
 
 
 def test_ordinary_runs_share_the_limit(job_limit: int) -> None:
