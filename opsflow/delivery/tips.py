@@ -9,7 +9,6 @@ as its work.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,10 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from opsflow.claim import claim_batch
-from opsflow.delivery import openpgp
+from opsflow.delivery.keyed_mail import ReceiverKeys
 from opsflow.delivery.records import (
     Delivery,
-    MailStatus,
     Notification,
     Receiver,
     ReceiverTip,
@@ -116,28 +114,7 @@ def tip_mail_key(tip_id: int) -> str:
     return f"tip:{tip_id}"
 
 
-class _Keys:
-    """The receivers' keys of one batch, each imported and checked once."""
-
-    def __init__(self, stack: ExitStack) -> None:
-        self.stack = stack
-        self.checked: dict[str, openpgp.Recipient | openpgp.KeyUnusable] = {}
-
-    def get(self, public_key: str) -> openpgp.Recipient:
-        """The checked key; KeyUnusable (the same every time in a batch) if it cannot encrypt."""
-        if public_key not in self.checked:
-            try:
-                self.checked[public_key] = self.stack.enter_context(
-                    openpgp.recipient(public_key))
-            except openpgp.KeyUnusable as exc:
-                self.checked[public_key] = exc
-        found = self.checked[public_key]
-        if isinstance(found, openpgp.KeyUnusable):
-            raise found
-        return found
-
-
-def _tip_mails(rows: Sequence[Row[Any]], keys: _Keys, now: datetime,
+def _tip_mails(rows: Sequence[Row[Any]], keys: ReceiverKeys, now: datetime,
                digest_window: timedelta) -> list[dict[str, object]]:
     """One mail per tip. To a receiver with a key the body (name, submission and tip) goes
     encrypted to it; when the key cannot encrypt, no mail is sent at all: the mail is
@@ -150,15 +127,7 @@ def _tip_mails(rows: Sequence[Row[Any]], keys: _Keys, now: datetime,
             "key": tip_mail_key(tip_id), "recipient": address, "subject": subject,
             "tip_id": tip_id, "digest": bool(digest),
             "next_attempt_at": now + digest_window if digest else now, "created_at": now}
-        if public_key:
-            try:
-                body = keys.get(public_key).encrypt_text(body)
-            except (openpgp.KeyUnusable, openpgp.EncryptionFailed) as exc:
-                mail.update(body=None, status=MailStatus.FAILED, digest=False,
-                            next_attempt_at=now, last_error=f"not sent: {exc}")
-                mails.append(mail)
-                continue
-        mails.append({**mail, "body": body})
+        mails.append(keys.seal(mail, body, public_key, now=now))
     return mails
 
 
@@ -183,8 +152,8 @@ def queue_tip_mails(session: Session, *, claimer: str, limit: int = 500,
                Receiver.language, Receiver.digest, Receiver.pgp_public_key)
         .join(Receiver, Receiver.id == ReceiverTip.receiver_id)
         .where(ReceiverTip.id.in_(ids))).all()
-    with ExitStack() as stack:
-        mails = _tip_mails(receivers, _Keys(stack), now, digest_window)
+    with ReceiverKeys() as keys:
+        mails = _tip_mails(receivers, keys, now, digest_window)
     created = enqueue(session, mails)
     # A mail queued failed (an unusable key, a bad address) has made its tip `unable to be
     # notified` inside enqueue, in this same transaction.

@@ -5,7 +5,9 @@ GlobaLeaks sent one warning 72 h before expiry; users asked for several. The ste
 smallest step not below the days left, so a run missed between two steps sends the later
 step only, never a burst. Each reminder is a row unique on (submission, receiver, step),
 inserted in the same transaction that queues its mail under a key made of the same three, so
-two runs at once or a rerun after a kill queue it once.
+two runs at once or a rerun after a kill queue it once. A receiver with an OpenPGP key gets
+the reminder encrypted to it under a subject that names no report, or none at all (as with
+tip notifications).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session
 
+from opsflow.delivery.keyed_mail import ReceiverKeys
 from opsflow.delivery.records import Receiver, ReceiverTip, Submission
 from opsflow.dialect import insert_for
 from opsflow.mail.outbox import enqueue
@@ -60,6 +63,10 @@ def reminder_key(submission_id: int, receiver_id: int, step: int) -> str:
     return f"expiry-reminder:{submission_id}:{receiver_id}:{step}"
 
 
+# A keyed receiver's subject goes in the clear: it names no report.
+SEALED_SUBJECT = "A report you hold expires soon"
+
+
 def reminder_mail(submission_id: int, expiration: datetime, left: int) -> tuple[str, str]:
     """Subject and body: which report, when it goes, and that it cannot be recovered then."""
     when = expiration.strftime("%Y-%m-%d %H:%M UTC")
@@ -82,7 +89,7 @@ def queue_reminders(session: Session, window: StepWindow, *, now: datetime,
                            ExpiryReminder.step_days == window.step)
     due = session.execute(
         select(ReceiverTip.submission_id, ReceiverTip.receiver_id, Submission.expiration,
-               Receiver.address, Receiver.digest)
+               Receiver.address, Receiver.digest, Receiver.pgp_public_key)
         .join(Submission, Submission.id == ReceiverTip.submission_id)
         .join(Receiver, Receiver.id == ReceiverTip.receiver_id)
         .where(and_(Submission.expiration >= window.starts, Submission.expiration < window.ends,
@@ -92,25 +99,28 @@ def queue_reminders(session: Session, window: StepWindow, *, now: datetime,
     if not due:
         session.rollback()
         return 0, 0
+    # Sealed before the insert, so that no write lock is held while gpg runs.
+    sealed: dict[tuple[int, int], dict[str, object]] = {}
     rows = []
-    for submission_id, receiver_id, expiration, _address, _digest in due:
-        rows.append({"submission_id": submission_id, "receiver_id": receiver_id,
-                     "step_days": window.step, "days_left": days_left(expiration, now),
-                     "mail_key": reminder_key(submission_id, receiver_id, window.step),
-                     "reminded_at": now})
+    with ReceiverKeys() as keys:
+        for submission_id, receiver_id, expiration, address, digest, public_key in due:
+            left = days_left(expiration, now)
+            key = reminder_key(submission_id, receiver_id, window.step)
+            subject, body = reminder_mail(submission_id, expiration, left)
+            mail: dict[str, object] = {
+                "key": key, "recipient": address,
+                "subject": SEALED_SUBJECT if public_key else subject, "digest": digest}
+            sealed[submission_id, receiver_id] = keys.seal(mail, body, public_key, now=now)
+            rows.append({"submission_id": submission_id, "receiver_id": receiver_id,
+                         "step_days": window.step, "days_left": left, "mail_key": key,
+                         "reminded_at": now})
     table = ExpiryReminder.__table__
-    inserted = {tuple(r) for r in session.execute(
+    inserted = session.execute(
         insert_for(session, table)
         .on_conflict_do_nothing(index_elements=["submission_id", "receiver_id", "step_days"])
-        .returning(table.c.submission_id, table.c.receiver_id), rows)}
-    mails = []
-    for submission_id, receiver_id, expiration, address, digest in due:
-        if (submission_id, receiver_id) not in inserted:
-            continue  # another run reminded this receiver at this step first
-        subject, body = reminder_mail(submission_id, expiration, days_left(expiration, now))
-        mails.append({"key": reminder_key(submission_id, receiver_id, window.step),
-                      "recipient": address, "subject": subject, "body": body,
-                      "digest": digest})
+        .returning(table.c.submission_id, table.c.receiver_id), rows).all()
+    # Only the reminders this run inserted: another run reminded the others at this step.
+    mails = [sealed[submission_id, receiver_id] for submission_id, receiver_id in inserted]
     enqueue(session, mails)
     session.commit()
     return len(due), len(mails)
