@@ -82,6 +82,9 @@ def runs_started(api_url: str, since: datetime, until: datetime) -> list[dict]:
         "start_time": {"after_": since.isoformat(), "before_": until.isoformat()},
         "state": {"type": {"not_any_": ["SCHEDULED"]}}}})
     for run in runs:
+        if run["parent_task_run_id"]:  # sync-all-folders' sync-folder of each mapping
+            run["what"] = f"subflow {run['name']}"
+            continue
         run["what"] = names.get(run["deployment_id"], "in-process " + run["name"])
         run["what"] += " (scheduled)" if run["auto_scheduled"] else " (woken)"
     return runs

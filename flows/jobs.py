@@ -27,6 +27,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect import get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
@@ -67,41 +68,50 @@ SLOT_LEASE_SECONDS = 60.0
 
 # --- the job limit and exclusive runs ----------------------------------------------------------
 
+def _job_limit(client: SyncPrefectClient, size: int | None) -> int:
+    """The job limit's slots, the limit created with `size` (default: the setting) when it
+    is missing and resized when `size` is given and differs.
+
+    Safe from many processes at once: Prefect's own upsert reads, then creates, so two first
+    runs on two workers both created and the loser's 409 failed its run. Here a 409 reads
+    what the winner made (a server's ERROR log line, but no failed run).
+    """
+    for _ in range(3):  # a limit deleted between our steps (tests do) starts over
+        try:
+            limit = client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit
+        except ObjectNotFound:
+            wanted = size if size is not None else get_settings().job_slots
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=JOB_LIMIT, limit=wanted))
+                return wanted
+            except ObjectAlreadyExists:
+                continue
+        if size is None or size == limit:
+            return limit
+        try:
+            client.update_global_concurrency_limit(JOB_LIMIT,
+                                                   GlobalConcurrencyLimitUpdate(limit=size))
+            return size
+        except ObjectNotFound:
+            continue
+    raise RuntimeError(f"the {JOB_LIMIT} concurrency limit kept changing under us")
+
+
 def ensure_job_limits(slots: int | None = None) -> int:
     """Create (or resize) the `opsflow-jobs` limit; `opsflow up` calls this on start-up.
 
-    Returns the number of slots, which is what an exclusive run occupies. Safe to call from
-    many processes at once: Prefect's own upsert reads, then creates, so two first runs on
-    two workers both create and the second gets a 409; that one resizes instead.
+    Returns the number of slots, which is what an exclusive run occupies.
     """
     wanted = slots if slots is not None else get_settings().job_slots
-    update = GlobalConcurrencyLimitUpdate(limit=wanted)
     with get_client(sync_client=True) as client:
-        try:
-            client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=JOB_LIMIT, limit=wanted))
-        except ObjectAlreadyExists:
-            client.update_global_concurrency_limit(JOB_LIMIT, update)
-    return wanted
+        return _job_limit(client, wanted)
 
 
 def job_limit_slots() -> int:
-    """The slots of the job limit as the server has them, created if it is missing.
-
-    Runs that find it missing at once (the first runs on a fresh scale-out server) all get
-    the slots of whichever creation won, never a 409.
-    """
+    """The slots of the job limit as the server has them, created if it is missing."""
     with get_client(sync_client=True) as client:
-        try:
-            return client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit
-        except ObjectNotFound:
-            pass
-        try:
-            client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=JOB_LIMIT, limit=get_settings().job_slots))
-        except ObjectAlreadyExists:
-            pass
-        return client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit
+        return _job_limit(client, None)
 
 
 def current_run_tags() -> list[str]:
