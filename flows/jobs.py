@@ -68,9 +68,9 @@ SLOT_LEASE_SECONDS = 60.0
 
 # --- the job limit and exclusive runs ----------------------------------------------------------
 
-def _job_limit(client: SyncPrefectClient, size: int | None) -> int:
-    """The job limit's slots, the limit created with `size` (default: the setting) when it
-    is missing and resized when `size` is given and differs.
+def _job_limit(client: SyncPrefectClient, slots: int, *, resize: bool) -> int:
+    """The job limit's slots as the server has them: created with `slots` when missing, and
+    set to `slots` when `resize` and they differ.
 
     Safe from many processes at once: Prefect's own upsert reads, then creates, so two first
     runs on two workers both created and the loser's 409 failed its run. Here a 409 reads
@@ -80,19 +80,18 @@ def _job_limit(client: SyncPrefectClient, size: int | None) -> int:
         try:
             limit = client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit
         except ObjectNotFound:
-            wanted = size if size is not None else get_settings().job_slots
             try:
                 client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=JOB_LIMIT, limit=wanted))
-                return wanted
+                    GlobalConcurrencyLimitCreate(name=JOB_LIMIT, limit=slots))
+                return slots
             except ObjectAlreadyExists:
                 continue
-        if size is None or size == limit:
+        if not resize or limit == slots:
             return limit
         try:
             client.update_global_concurrency_limit(JOB_LIMIT,
-                                                   GlobalConcurrencyLimitUpdate(limit=size))
-            return size
+                                                   GlobalConcurrencyLimitUpdate(limit=slots))
+            return slots
         except ObjectNotFound:
             continue
     raise RuntimeError(f"the {JOB_LIMIT} concurrency limit kept changing under us")
@@ -105,13 +104,13 @@ def ensure_job_limits(slots: int | None = None) -> int:
     """
     wanted = slots if slots is not None else get_settings().job_slots
     with get_client(sync_client=True) as client:
-        return _job_limit(client, wanted)
+        return _job_limit(client, wanted, resize=True)
 
 
 def job_limit_slots() -> int:
     """The slots of the job limit as the server has them, created if it is missing."""
     with get_client(sync_client=True) as client:
-        return _job_limit(client, None)
+        return _job_limit(client, get_settings().job_slots, resize=False)
 
 
 def current_run_tags() -> list[str]:

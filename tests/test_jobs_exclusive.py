@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from prefect import flow, tags
@@ -77,24 +78,10 @@ def test_ensure_job_limits_creates_and_resizes_the_limit(job_limit: int) -> None
     ensure_job_limits(3)
 
 
-def first_runs_at_once(racers: int) -> list[object]:
-    """What `job_limit_slots` gives each of `racers` threads that ask at the same moment."""
-    start = threading.Barrier(racers)
-    results: list[object] = []
-
-    def first_run() -> None:
-        start.wait(timeout=30)
-        try:
-            results.append(job_limit_slots())
-        except Exception as error:  # noqa: BLE001 - the failure this test looks for
-            results.append(error)
-
-    threads = [threading.Thread(target=first_run) for _ in range(racers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
+def first_run_at(start: threading.Barrier) -> int:
+    """A run's first look at the job limit, made when every racer has reached `start`."""
+    start.wait(timeout=30)
+    return job_limit_slots()
 
 
 def test_runs_that_find_the_limit_missing_at_once_all_get_it(job_limit: int) -> None:
@@ -104,7 +91,8 @@ def test_runs_that_find_the_limit_missing_at_once_all_get_it(job_limit: int) -> 
     for _ in range(5):
         with get_client(sync_client=True) as client:
             client.delete_global_concurrency_limit_by_name(JOB_LIMIT)
-        results = first_runs_at_once(racers)
+        start = threading.Barrier(racers)
+        results = finished(*[in_thread(partial(first_run_at, start)) for _ in range(racers)])
         with get_client(sync_client=True) as client:
             slots = client.read_global_concurrency_limit_by_name(JOB_LIMIT).limit
         assert results == [slots] * racers

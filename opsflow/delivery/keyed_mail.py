@@ -1,8 +1,8 @@
 """Mails to receivers who gave an OpenPGP key: the body goes encrypted to that key, or the
 mail does not go at all.
 
-Every mail opsflow writes to a receiver passes here (tip notifications, expiry reminders), so
-no path can queue a keyed receiver's text in plaintext. A key that cannot encrypt makes the
+Both mails opsflow writes to a receiver (tip notifications, expiry reminders) pass here, so
+neither can queue a keyed receiver's text in plaintext. A key that cannot encrypt makes the
 mail `failed` with the reason and no body: it is never sent or retried, shows in
 `opsflow mail status`, and the notification sweep tells OPS.
 """
@@ -11,32 +11,24 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from datetime import datetime
-from types import TracebackType
 
 from opsflow.delivery import openpgp
 from opsflow.delivery.records import MailStatus
 
 
-class ReceiverKeys:
-    """The receivers' keys of one batch, each imported and checked once; a context manager
-    that removes their keyrings at its end."""
+class ReceiverKeys(ExitStack):
+    """The receivers' keys of one batch, each imported and checked once; their keyrings are
+    removed when the `with` block ends."""
 
     def __init__(self) -> None:
-        self._stack = ExitStack()
+        super().__init__()
         self._checked: dict[str, openpgp.Recipient | openpgp.KeyUnusable] = {}
-
-    def __enter__(self) -> ReceiverKeys:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self._stack.close()
 
     def get(self, public_key: str) -> openpgp.Recipient:
         """The checked key; KeyUnusable (the same every time in a batch) if it cannot encrypt."""
         if public_key not in self._checked:
             try:
-                self._checked[public_key] = self._stack.enter_context(
+                self._checked[public_key] = self.enter_context(
                     openpgp.recipient(public_key))
             except openpgp.KeyUnusable as exc:
                 self._checked[public_key] = exc
