@@ -27,7 +27,10 @@ START_TIMEOUT = 300  # the server takes 15 s on a quiet machine, much longer on 
 def up_env(data: Path, port: int | str) -> dict[str, str]:
     """The environment of a user's shell: no PREFECT_* of the test harness, our own settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OPSFLOW_"))}
-    env.update(OPSFLOW_DATA_DIR=str(data), OPSFLOW_PREFECT_PORT=str(port))
+    # The demo sink's own free port: its default, the Prefect port + 1, is nobody's check,
+    # and a loopback client's ephemeral port can hold it (test_mail_sink covers the default).
+    env.update(OPSFLOW_DATA_DIR=str(data), OPSFLOW_PREFECT_PORT=str(port),
+               OPSFLOW_DEMO_SMTP_PORT=str(free_port()))
     return env
 
 
@@ -190,7 +193,7 @@ def demo_mail_reaches_the_sink(up: Up, data: Path) -> None:
     from opsflow.mail.outbox import enqueue
     from opsflow.store import session_scope
 
-    assert any("demo mail sink on 127.0.0.1:" in line for line in up.output), up.output
+    assert any("demo mail sink on 127.0.0.1:" in line for line in up.output), "".join(up.output)
     with session_scope(f"sqlite:///{data / 'opsflow.db'}") as session:
         assert enqueue(session, [{"key": "test-up-demo-mail", "recipient": "someone@example.org",
                                   "subject": "through the demo sink", "body": "hello\n"}]) == 1
